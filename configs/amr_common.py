@@ -86,6 +86,13 @@ def data_config(tiny: bool = False) -> ml_collections.ConfigDict:
   d.augment = 'none'        # 'none' | 'splice_online' (stage 1 online Splice/Boost augmentation)
   d.aug_passes = 10         # augmentation passes (amr.md §4 iter_num)
   d.curriculum = 'none'     # 'none' (reference: uniform shuffle) | 'easy_to_hard'
+  d.curriculum_schedule = ml_collections.ConfigDict()
+  d.curriculum_schedule.pacing = 'linear'   # competence c(t) rises from start_frac to 1 ('linear'|'sqrt'|'step')
+  d.curriculum_schedule.start_frac = 0.2    # share of the easiest samples allowed at step 0
+  d.curriculum_schedule.warm_frac = 0.5     # fraction of training until every sample is allowed
+  d.curriculum_schedule.temperature = 0.05  # soft decay of weights above the competence (0 = hard cut)
+  d.curriculum_schedule.num_stages = 3      # for pacing='step'
+  d.curriculum_schedule.by_rank = True      # difficulty -> empirical CDF before pacing
   d.drop_bad = False
   d.shuffle_buffer = 100_000
   d.subset = 0              # >0: only the first N training queries (demo / tests)
@@ -123,4 +130,8 @@ def base_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.batch_size = 100 if not tiny else 32
   c.init = ml_collections.ConfigDict()
   c.init.stage1_workdir = ''
+  c.mine = ml_collections.ConfigDict()
+  c.mine.folds = 2
+  c.mine.theta = 0.5          # keep predictions scoring above this (fg prob x IoU quality)
+  c.mine.max_per_query = 2
   return c

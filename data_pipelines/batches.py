@@ -52,9 +52,17 @@ class Split:
   # Optional sample generator for augmented splits: (index, rng) -> (record, video [L, Dv]).
   augmented: Optional[Callable[[int, np.random.Generator], tuple]] = None
   num_augmented: int = 0
+  infos: Optional[list] = None   # SpliceInfo per augmented sample (curriculum difficulty)
 
   def __len__(self):
     return self.num_augmented if self.augmented is not None else len(self.records)
+
+  def difficulty(self) -> np.ndarray:
+    """Per-sample difficulty in [0, 1] from the augmentation itself (amr_jax.curriculum)."""
+    if self.infos is None:
+      raise ValueError('the curriculum needs an augmented split (data.augment=splice_online)')
+    from amr_jax import curriculum  # pylint: disable=import-outside-toplevel
+    return curriculum.difficulties_from_infos(self.infos)
 
   def example(self, index: int, rng: np.random.Generator) -> dict:
     if self.augmented is not None:

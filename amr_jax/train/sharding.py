@@ -1,0 +1,44 @@
+"""Data-parallel Mesh (Auto axis 'data'), shardings, and host batch -> global jax.Array placement.
+
+Params are replicated; batches are split along 'data'; multi-host via jax.make_array_from_process_local_data.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  devices = jax.devices() if num_devices is None else jax.devices()[:num_devices]
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P('data'))
+
+
+def to_global(batch: dict, mesh) -> dict:
+  """Assemble this process's numpy slice into global arrays sharded over 'data'."""
+  sharding = data_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def maybe_initialize_distributed() -> None:
+  """jax.distributed.initialize() from the environment when several processes are configured.
+
+  Reads JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (set by our launcher, or by hand);
+  on Cloud TPU and SLURM/Open MPI clusters `jax.distributed.initialize()` needs no arguments.
+  """
+  import os  # pylint: disable=import-outside-toplevel
+  if os.environ.get('JAX_NUM_PROCESSES') and int(os.environ['JAX_NUM_PROCESSES']) > 1:
+    jax.distributed.initialize(
+        coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+        num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+        process_id=int(os.environ['JAX_PROCESS_ID']))
+  elif os.environ.get('AMR_JAX_AUTO_DISTRIBUTED') == '1':
+    jax.distributed.initialize()

@@ -1,0 +1,89 @@
+"""Pre-flight check of annotations against a feature store: reports every problem, one line each.
+
+Usage: launch/validate_data.py --annotations=F --features=DIR [--config=configs/X.py[:ARG]] [--drop_bad --out=F].
+Exit 0 when clean (or with --drop_bad after writing the kept rows), 1 otherwise.
+"""
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from amr_jax.data import annotations  # noqa: E402
+from amr_jax.data import features  # noqa: E402
+from amr_jax.data import validate  # noqa: E402
+
+_ANNOTATIONS = flags.DEFINE_multi_string(
+    "annotations", [], "Annotation file(s); repeat the flag or separate paths with commas.")
+_FEATURES = flags.DEFINE_string("features", None, "Feature store root (QVHighlights or lighthouse layout).")
+_CONFIG = flags.DEFINE_string("config", None, "Optional config file (configs/NAME.py[:ARG]); its data.max_v_l "
+                              "and data.clip_len are used.")
+_MAX_V_L = flags.DEFINE_integer("max_v_l", None, "Clips kept per video (default: the config's, else 75).")
+_GRID_SEC = flags.DEFINE_float("grid_sec", None, "Grid of wrong_spans in seconds (default: the config's "
+                               "data.clip_len, else 2).")
+_DROP_BAD = flags.DEFINE_bool("drop_bad", False, "Write the records without problems to --out and exit 0.")
+_OUT = flags.DEFINE_string("out", None, "With --drop_bad: where the kept rows go (jsonl).")
+
+
+def _fail(message: str) -> None:
+  print(f"validate_data: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _config_data():
+  """The `data` section of --config, or None."""
+  if not _CONFIG.value:
+    return None
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  path, _, arg = _CONFIG.value.partition(":")
+  try:
+    module = config_flags.config_flags._LoadConfigModule("config", path)  # pylint: disable=protected-access
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(f"cannot load --config={_CONFIG.value}: {type(e).__name__}: {e}")
+  return config.get("data") if hasattr(config, "get") else getattr(config, "data", None)
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _ANNOTATIONS.value:
+    _fail("--annotations is required")
+  if not _FEATURES.value:
+    _fail("--features is required")
+  if _DROP_BAD.value and not _OUT.value:
+    _fail("--drop_bad needs --out")
+  data = _config_data()
+  max_v_l = _MAX_V_L.value or (data.get("max_v_l") if data is not None else None) or 75
+  grid_sec = _GRID_SEC.value or (data.get("clip_len") if data is not None else None) or 2.0
+  start = time.time()
+  try:
+    records = annotations.load_many(_ANNOTATIONS.value)
+  except (annotations.AnnotationError, OSError) as e:
+    _fail(str(e))
+  try:
+    store = features.FeatureStore(_FEATURES.value, max_v_l=max_v_l)
+  except features.FeatureError as e:
+    _fail(str(e))
+  problems = validate.validate(records, store, max_v_l=max_v_l, grid_sec=grid_sec)
+  for problem in problems:
+    print(problem)
+  print(f"{validate.summarize(records, problems)} [{store.layout.name} store {store.root}, "
+        f"{time.time() - start:.1f}s]")
+  if _DROP_BAD.value:
+    kept, dropped = validate.drop_bad(records, problems)
+    try:
+      annotations.write_jsonl(kept, _OUT.value)
+    except OSError as e:
+      _fail(str(e))
+    qids = ", ".join(str(r.qid) for r in dropped)
+    print(f"kept {len(kept)} records in {_OUT.value}; dropped {len(dropped)}" + (f": qids {qids}" if qids else ""))
+    sys.exit(0)
+  sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)
