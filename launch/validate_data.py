@@ -3,6 +3,7 @@
 Usage: launch/validate_data.py --annotations=F --features=DIR [--config=configs/X.py[:ARG]] [--drop_bad --out=F].
 Exit 0 when clean (or with --drop_bad after writing the kept rows), 1 otherwise.
 """
+import importlib.util
 import pathlib
 import sys
 import time
@@ -34,17 +35,20 @@ def _fail(message: str) -> None:
 
 
 def _config_data():
-  """The `data` section of --config, or None."""
+  """The `data` section of --config (a python file with get_config([arg])), or None."""
   if not _CONFIG.value:
     return None
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   path, _, arg = _CONFIG.value.partition(":")
   try:
-    module = config_flags.config_flags._LoadConfigModule("config", path)  # pylint: disable=protected-access
+    spec = importlib.util.spec_from_file_location("validate_data_config", path)
+    if spec is None or spec.loader is None:
+      raise ImportError("not a python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     config = module.get_config(arg) if arg else module.get_config()
   except Exception as e:  # pylint: disable=broad-except
     _fail(f"cannot load --config={_CONFIG.value}: {type(e).__name__}: {e}")
-  return config.get("data") if hasattr(config, "get") else getattr(config, "data", None)
+  return getattr(config, "data", None)
 
 
 def main(argv):
@@ -57,8 +61,8 @@ def main(argv):
   if _DROP_BAD.value and not _OUT.value:
     _fail("--drop_bad needs --out")
   data = _config_data()
-  max_v_l = _MAX_V_L.value or (data.get("max_v_l") if data is not None else None) or 75
-  grid_sec = _GRID_SEC.value or (data.get("clip_len") if data is not None else None) or 2.0
+  max_v_l = _MAX_V_L.value or getattr(data, "max_v_l", None) or 75
+  grid_sec = _GRID_SEC.value or getattr(data, "clip_len", None) or 2.0
   start = time.time()
   try:
     records = annotations.load_many(_ANNOTATIONS.value)
