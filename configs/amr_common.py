@@ -94,6 +94,7 @@ def data_config(tiny: bool = False) -> ml_collections.ConfigDict:
   d.curriculum_schedule.num_stages = 3      # for pacing='step'
   d.curriculum_schedule.by_rank = True      # difficulty -> empirical CDF before pacing
   d.drop_bad = False
+  d.shuffle_queries = False # control run: train on other queries' text features (must stay near chance)
   d.shuffle_buffer = 100_000
   d.subset = 0              # >0: only the first N training queries (demo / tests)
   d.val_subset = 0
@@ -126,6 +127,7 @@ def base_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.eval_every = 0
   c.train.log_every = 10
   c.train.max_bad_steps = 5 # consecutive non-finite steps before the run stops
+  c.train.inject_nan_at_step = -1  # test hook: poison this step's loss/gradients with NaN
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 100 if not tiny else 32
   c.init = ml_collections.ConfigDict()

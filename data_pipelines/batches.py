@@ -53,6 +53,7 @@ class Split:
   augmented: Optional[Callable[[int, np.random.Generator], tuple]] = None
   num_augmented: int = 0
   infos: Optional[list] = None   # SpliceInfo per augmented sample (curriculum difficulty)
+  text_of: Optional[dict] = None  # qid -> qid whose text features are used (shuffled-query control)
 
   def __len__(self):
     return self.num_augmented if self.augmented is not None else len(self.records)
@@ -70,7 +71,22 @@ class Split:
     else:
       record = self.records[index]
       video = self.cache.video[record.vid]
-    return build_example(record, video, self.cache.text[record.qid], self.spec, rng)
+    text_qid = self.text_of.get(record.qid, record.qid) if self.text_of else record.qid
+    return build_example(record, video, self.cache.text[text_qid], self.spec, rng)
+
+
+def shuffled_text_map(records: Sequence[MomentRecord], seed: int) -> dict:
+  """qid -> another record's qid with a different query (the shuffled-query control)."""
+  qids = sorted({r.qid for r in records})
+  query = {r.qid: r.query for r in records}
+  perm = seeded_rng(seed, 'shuffle_queries').permutation(len(qids))
+  out = {}
+  for i, q in enumerate(qids):
+    j = int(perm[i])
+    while query[qids[j]] == query[q] and len(qids) > 1:
+      j = (j + 1) % len(qids)
+    out[q] = qids[j]
+  return out
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:

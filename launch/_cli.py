@@ -10,10 +10,16 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 EXPECTED_ERRORS = (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError)
 
 
-def run(main) -> None:
+def run(main, jax_cache: bool = False) -> None:
+  """absl.app.run(main) with one-line errors; `jax_cache` turns on the persistent XLA cache first."""
   from absl import app  # pylint: disable=import-outside-toplevel
 
   def guarded(argv):
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
+    if jax_cache and os.environ.get('AMR_JAX_NO_CACHE') != '1':
+      from amr_jax import jax_setup  # pylint: disable=import-outside-toplevel
+      jax_setup.enable_compilation_cache()
     try:
       return main(argv)
     except EXPECTED_ERRORS as e:  # bad user input: one line, no traceback

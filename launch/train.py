@@ -25,4 +25,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _cli.run(main)
+  _cli.run(main, jax_cache=True)

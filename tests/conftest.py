@@ -21,3 +21,42 @@ ANNOTATIONS = ROOT / 'data' / 'annotations'
 @pytest.fixture(scope='session')
 def repo_root() -> pathlib.Path:
   return ROOT
+
+
+@pytest.fixture(scope='session')
+def planted_qvh(tmp_path_factory):
+  """A tiny planted store over the first 96 QVH train and 48 val queries: (store_dir, train.jsonl, val.jsonl)."""
+  from amr_jax.data import annotations, planted
+  out = tmp_path_factory.mktemp('planted')
+  qvh = ANNOTATIONS / 'qvhighlights'
+  train = annotations.load_annotations(qvh / 'highlight_train_release.jsonl')[:96]
+  val = annotations.load_annotations(qvh / 'highlight_val_release.jsonl')[:48]
+  annotations.write_jsonl(train, out / 'train.jsonl')
+  annotations.write_jsonl(val, out / 'val.jsonl')
+  planted.write_planted_store(train + val, str(out / 'store'), seed=0, dims='tiny')
+  return out / 'store', out / 'train.jsonl', out / 'val.jsonl'
+
+
+def tiny_config(module_name: str, store_dir, train_path, val_path, **overrides):
+  """configs/<module_name>.py:tiny pointed at a planted store, with dotted-key overrides."""
+  import importlib
+  config = importlib.import_module(f'configs.{module_name}').get_config('tiny')
+  with config.unlocked():
+    config.data.feature_dir = str(store_dir)
+    config.data.train_annotations = str(train_path)
+    config.data.val_annotations = str(val_path) if val_path else ''
+    for key, value in overrides.items():
+      node = config
+      *path, leaf = key.split('.')
+      for p in path:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+def pytest_configure(config):
+  """One persistent XLA cache for the whole test session (and the subprocesses it starts)."""
+  del config
+  os.environ.setdefault('AMR_JAX_CACHE', str(ROOT / '.pytest_cache' / 'xla'))
+  from amr_jax import jax_setup
+  jax_setup.enable_compilation_cache(os.environ['AMR_JAX_CACHE'])

@@ -40,9 +40,10 @@ class AMRTask:
     variables = self.model.init({'params': rng, 'dropout': rng}, *[batch[k] for k in MODEL_INPUTS], train=False)
     return variables['params']
 
-  def apply(self, params, batch: dict, *, train: bool, rng=None):
+  def apply(self, params, batch: dict, *, train: bool, rng=None, pass_a_only: bool = False):
     rngs = {'dropout': rng} if train else {}
-    return self.model.apply({'params': params}, *[batch[k] for k in MODEL_INPUTS], train=train, rngs=rngs)
+    return self.model.apply({'params': params}, *[batch[k] for k in MODEL_INPUTS], train=train, rngs=rngs,
+                            pass_a_only=pass_a_only)
 
   # -- training -----------------------------------------------------------------------------------
   def loss(self, params, frozen_params, batch: dict, rng: jax.Array, *, train: bool = True, indices=None):
@@ -51,7 +52,8 @@ class AMRTask:
     teacher_hs = None
     if self.stage == 'distill':
       teacher_train = train and self.config.quirks.teacher_train_mode
-      teacher_out = self.apply(frozen_params, batch, train=teacher_train, rng=teacher_rng)
+      # Only the teacher's pass-A states are distilled, so its pass B is never computed (one forward).
+      teacher_out = self.apply(frozen_params, batch, train=teacher_train, rng=teacher_rng, pass_a_only=True)
       teacher_hs = jax.lax.stop_gradient(teacher_out['hs'])
     total, aux = amr_losses.amr_loss(
         outputs, batch, loss_cfg=self.config.loss, matcher_cfg=self.config.matcher, quirks=self.config.quirks,

@@ -70,6 +70,8 @@ def pad_spec(config, store) -> PadSpec:
 def build_train_split(records, store, config) -> batch_lib.Split:
   cache = batch_lib.FeatureCache(store, records)
   split = batch_lib.Split(records=records, cache=cache, spec=pad_spec(config, store))
+  if config.data.shuffle_queries:  # control: every sample sees another query's text
+    split.text_of = batch_lib.shuffled_text_map(records, config.seed)
   if config.data.augment == 'splice_online':
     from amr_jax import augment  # pylint: disable=import-outside-toplevel
     split.augmented, split.num_augmented, split.infos = augment.make_online_sampler(
@@ -115,6 +117,11 @@ def evaluate_rows(task_name: str, rows: list[dict], records) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------
+def rng_key(seed: int) -> jax.Array:
+  """The step-rng root. 'rbg' keys compile the dropout masks ~3x faster than threefry on CPU."""
+  return jax.random.key(seed, impl='rbg')
+
+
 def write_run_config(workdir: pathlib.Path, config, store) -> None:
   """WORKDIR/config.json = the run config + the feature widths read from the store (for Predictor)."""
   saved = {'run': json.loads(config.to_json_best_effort()),
@@ -161,7 +168,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state_sharding = jax.tree.map(lambda _: repl, state)
   batch_sharding = sharding.data_sharded(mesh)
   index_fn = registry.index_fn(task, config, train_split, global_batch, num_steps)
-  step_fn = jax.jit(make_train_step(task, tx, config.train.get('inject_nan_at_step', -1)),
+  step_fn = jax.jit(make_train_step(task, tx, config.train.inject_nan_at_step),
                     in_shardings=(state_sharding, batch_sharding, repl), out_shardings=(state_sharding, repl),
                     donate_argnums=(0,))
   eval_fn = jax.jit(task.eval_forward)
@@ -173,7 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, meta, start_step = ckpts.restore(abstract)
     print(f'resumed from {workdir}/checkpoints/{start_step} (step {int(state.step)})', flush=True)
   logger = MetricLogger(workdir, is_main)
-  root_rng = jax.random.key(config.seed)
+  root_rng = rng_key(config.seed)
 
   def run_eval(step: int) -> dict:
     if val_split is None:

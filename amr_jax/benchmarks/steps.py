@@ -1,0 +1,150 @@
+"""Benchmark suites train1 / train2 / infer: the jitted AMR step on random inputs of the real shapes.
+
+Warm-up (compile) is timed separately; then >= 10 timed calls with block_until_ready; FLOPs from XLA.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipelines.examples import PadSpec
+
+REAL_DIMS = dict(video_dim=2304 + 3072, text_dim=2048)
+TINY_DIMS = dict(video_dim=48, text_dim=32)
+
+
+def random_batch(batch: int, spec: PadSpec, seed: int = 0) -> dict:
+  """Real-shape batch: all clips valid, text lengths 8..32, 1..4 GT windows, consistent labels."""
+  rng = np.random.default_rng(seed)
+  lv, lt, nw = spec.max_v_l, spec.max_q_l, spec.max_windows
+  vid = rng.normal(size=(batch, lv, spec.video_dim + 2)).astype(np.float32)
+  vid /= np.linalg.norm(vid, axis=-1, keepdims=True)
+  txt = rng.normal(size=(batch, lt, spec.text_dim)).astype(np.float32)
+  txt_len = rng.integers(min(8, lt), lt + 1, size=batch)
+  txt_mask = (np.arange(lt)[None] < txt_len[:, None]).astype(np.float32)
+  txt *= txt_mask[..., None]
+  num_windows = rng.integers(1, min(4, nw) + 1, size=batch).astype(np.int32)
+  spans = np.zeros((batch, nw, 2), np.float32)
+  masks = np.zeros((batch, nw, lv), np.float32)
+  pos = np.zeros((batch, lv), np.float32)
+  for b in range(batch):
+    for k in range(num_windows[b]):
+      st = int(rng.integers(0, lv - 2))
+      ed = int(rng.integers(st + 1, min(st + 20, lv) + 1))
+      spans[b, k] = [(st + ed) / 2 / lv, (ed - st) / lv]
+      masks[b, k, st:ed] = 1
+      pos[b, st:ed] = 1
+  sal = pos * rng.integers(0, 13, size=(batch, lv)).astype(np.float32)
+  return dict(
+      src_vid=vid, src_vid_mask=np.ones((batch, lv), np.float32), src_txt=txt, src_txt_mask=txt_mask,
+      span_labels_cxw=spans, num_windows=num_windows, mask_labels=masks,
+      saliency_pos_labels=np.stack([pos.argmax(1), pos.argmax(1)], 1).astype(np.int32),
+      saliency_neg_labels=np.stack([(1 - pos).argmax(1), (1 - pos).argmax(1)], 1).astype(np.int32),
+      saliency_all_labels=sal, src_pos_mask=pos, src_neg_mask=np.zeros((batch, lv), np.float32),
+      has_saliency=np.ones(batch, np.float32), qid=np.arange(batch, dtype=np.int64),
+      duration=np.full(batch, lv * 2.0, np.float32), sample_valid=np.ones(batch, np.float32))
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """Measured float32 matmul throughput on the default device (the 'peak' we compare against)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / min(times) / 1e9
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_calls(fn, args, steps: int):
+  t0 = time.perf_counter()
+  out = fn(*args)
+  jax.block_until_ready(out)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t)
+  return compile_s, times
+
+
+def flops_of(jitted, *args) -> float:
+  try:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get('flops', float('nan')))
+  except Exception:  # pylint: disable=broad-except
+    return float('nan')
+
+
+def build_task(suite: str, dims: str, config_path: str = '', precision: str = 'fp32'):
+  """(config, task, pad spec) for a suite; `config_path` picks another model's config file."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  from configs import amr_stage1, amr_stage2  # pylint: disable=import-outside-toplevel
+  from amr_jax.train.registry import get_task  # pylint: disable=import-outside-toplevel
+  arg = 'tiny' if dims == 'tiny' else ''
+  if config_path:
+    spec = importlib.util.spec_from_file_location('bench_config', config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+  else:
+    config = (amr_stage2 if suite == 'train2' else amr_stage1).get_config(arg)
+  with config.unlocked():
+    config.model.precision = precision
+  d = REAL_DIMS if dims == 'real' else TINY_DIMS
+  spec = PadSpec(max_v_l=config.data.max_v_l if dims == 'real' else 16,
+                 max_q_l=config.data.max_q_l if dims == 'real' else 8,
+                 max_windows=config.data.max_windows, video_dim=d['video_dim'], text_dim=d['text_dim'])
+  return config, get_task(config, d['video_dim'] + 2, d['text_dim']), spec
+
+
+def run(suite: str, batch: int, dims: str = 'real', steps: int = 10, precision: str = 'fp32',
+        num_devices: int | None = None, config_path: str = '') -> dict:
+  """One suite; returns the result dict (the benchmark CLI prints it as its last line)."""
+  from amr_jax.train import registry, sharding  # pylint: disable=import-outside-toplevel
+  from amr_jax.train.state import make_train_step  # pylint: disable=import-outside-toplevel
+  config, task, spec = build_task(suite, dims, config_path, precision=precision)
+  host_batch = random_batch(batch, spec)
+  mesh = sharding.make_mesh(num_devices)
+  gbatch = sharding.to_global(host_batch, mesh)
+  rng = jax.random.key(0, impl='rbg')
+  params = task.init_params(rng, {k: v[:1] for k, v in host_batch.items()})
+  if suite == 'infer':
+    fn = jax.jit(task.eval_forward)
+    args = (params, gbatch)
+  else:
+    tx = registry.make_tx(task, config, steps_per_epoch=100)
+    frozen = None
+    if task.needs_teacher:
+      params, frozen = task.stage2_from_stage1(params, task.init_params(rng, {k: v[:1] for k, v in
+                                                                             host_batch.items()}), rng)
+    from amr_jax.train.state import TrainState  # pylint: disable=import-outside-toplevel
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen_params=frozen,
+                       opt_state=tx.init(params), bad_steps=jnp.zeros((), jnp.int32))
+    step = make_train_step(task, tx)
+    fn = jax.jit(step)  # no donation: the same state is reused for every timed call
+    args = (state, gbatch, rng)
+  flops = flops_of(fn, *args)
+  compile_s, times = time_calls(fn, args, steps)
+  median = statistics.median(times)
+  peak = matmul_peak_gflops()
+  achieved = flops / median / 1e9 if flops == flops else float('nan')
+  return dict(suite=suite, dims=dims, batch=batch, devices=mesh.size, precision=precision,
+              backend=jax.default_backend(), median_s=median, min_s=min(times), max_s=max(times),
+              samples_per_s=batch / median, compile_s=compile_s, steps=steps, peak_rss_mb=peak_rss_mb(),
+              gflop_per_step=flops / 1e9, achieved_gflops=achieved, matmul_peak_gflops=peak,
+              fraction_of_peak=achieved / peak if peak else float('nan'))

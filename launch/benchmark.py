@@ -1,0 +1,42 @@
+"""Benchmarks at the real AMR dimensions: input, train1, train2, infer, eval suites.
+
+Prints human-readable lines, then as the LAST line one JSON object (suite, median_s, samples_per_s, ...).
+"""
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from absl import flags  # noqa: E402
+
+from launch import _cli  # noqa: E402
+
+_SUITE = flags.DEFINE_enum('suite', 'train1', ['input', 'train1', 'train2', 'infer', 'eval'], 'What to time.')
+_BATCH = flags.DEFINE_integer('batch', 32, 'Global batch size.')
+_DIMS = flags.DEFINE_enum('dims', 'real', ['real', 'tiny'], 'Feature/model dimensions.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
+_PRECISION = flags.DEFINE_enum('precision', 'fp32', ['fp32', 'bf16'], 'Matmul precision (bf16 is opt-in).')
+_DEVICES = flags.DEFINE_integer('devices', 0, 'Use the first N devices (0 = all).')
+_CONFIG = flags.DEFINE_string('config', '', 'Model config file (default: the AMR configs).')
+
+
+def main(argv):
+  del argv
+  if _SUITE.value == 'eval':
+    from amr_jax.benchmarks import eval_suite  # pylint: disable=import-outside-toplevel
+    result = eval_suite.run(repeats=max(_STEPS.value // 2, 3))
+  elif _SUITE.value == 'input':
+    from amr_jax.benchmarks import input_suite  # pylint: disable=import-outside-toplevel
+    result = input_suite.run(batch=_BATCH.value, dims=_DIMS.value, steps=_STEPS.value)
+  else:
+    from amr_jax.benchmarks import steps  # pylint: disable=import-outside-toplevel
+    result = steps.run(_SUITE.value, _BATCH.value, _DIMS.value, _STEPS.value, _PRECISION.value,
+                       _DEVICES.value or None, config_path=_CONFIG.value)
+  for k, v in result.items():
+    print(f'{k:>20}: {v}')
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  _cli.run(main, jax_cache=True)
