@@ -8,6 +8,7 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 EXPECTED_ERRORS = (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError)
+PROJECT_ERRORS = ('FeatureError', 'AnnotationError', 'TrainingError', 'SubmissionError', 'InputError')
 
 
 def run(main, jax_cache: bool = False) -> None:
@@ -22,7 +23,10 @@ def run(main, jax_cache: bool = False) -> None:
       jax_setup.enable_compilation_cache()
     try:
       return main(argv)
-    except EXPECTED_ERRORS as e:  # bad user input: one line, no traceback
+    except Exception as e:  # pylint: disable=broad-except
+      if not isinstance(e, EXPECTED_ERRORS) and type(e).__name__ not in PROJECT_ERRORS:
+        raise
+      # bad user input: one line, no traceback
       if os.environ.get('AMR_JAX_DEBUG'):
         raise
       msg = str(e).strip()
