@@ -41,6 +41,7 @@ def test_stage1_writes_everything(stage1_run):
   assert any('loss' in l for l in lines) and any('val/MR-full-mAP' in l for l in lines)
   assert list((workdir / 'tb').iterdir())
   assert 'MR-full-mAP' in result
+  assert result['step_compiles'] == 1  # no recompilation after the first step
 
 
 def test_stage2_teacher_is_frozen_and_student_moves(stage1_run, planted_qvh, tmp_path):
