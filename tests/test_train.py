@@ -116,3 +116,23 @@ def test_kill9_resume_gives_the_same_digest(planted_qvh, tmp_path):
   assert not (killed / 'final_params.sha256').exists()
   subprocess.run(_train_cmd(store, train, killed, steps), cwd=ROOT, env=env, check=True, capture_output=True)
   assert (killed / 'final_params.sha256').read_text() == (ref / 'final_params.sha256').read_text()
+
+
+def test_export_predicts_exactly_what_the_workdir_does(stage1_run, planted_qvh, tmp_path):
+  store_dir, _, val = planted_qvh
+  workdir, _ = stage1_run
+  from amr_jax.data import annotations, features
+  from amr_jax.predictor import Predictor
+  out = tmp_path / 'export'
+  proc = subprocess.run([sys.executable, str(ROOT / 'launch' / 'export.py'), f'--workdir={workdir}', f'--out={out}'],
+                        cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not (out / 'checkpoints').exists() and (out / 'params').is_dir()
+  records = annotations.load_annotations(val)[:8]
+  store = features.FeatureStore(str(store_dir))
+  from_workdir = Predictor(workdir, which='best').predict(records, store)
+  from_export = Predictor(out).predict(records, store)
+  assert from_workdir == from_export
+  for row, rec in zip(from_export, records):
+    assert row['qid'] == rec.qid and len(row['pred_relevant_windows']) == 10
+    assert all(0 <= st <= ed <= 150 for st, ed, _ in row['pred_relevant_windows'])
