@@ -57,6 +57,5 @@ def tiny_config(module_name: str, store_dir, train_path, val_path, **overrides):
 def pytest_configure(config):
   """One persistent XLA cache for the whole test session (and the subprocesses it starts)."""
   del config
-  os.environ.setdefault('AMR_JAX_CACHE', str(ROOT / '.pytest_cache' / 'xla'))
   from amr_jax import jax_setup
-  jax_setup.enable_compilation_cache(os.environ['AMR_JAX_CACHE'])
+  os.environ['AMR_JAX_CACHE'] = jax_setup.enable_compilation_cache()  # subprocesses share it
