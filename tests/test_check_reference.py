@@ -13,7 +13,7 @@ def test_check_reference_amr_passes():
                          f'--fixture_dir={FIXTURES / "amr_reference"}'], cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   lines = [l for l in proc.stdout.splitlines() if l.startswith(('OK', 'FAIL'))]
-  groups = {l.split('  ')[0][5:].strip() for l in lines}
+  groups = {l[5:].split(' n=')[0].strip() for l in lines}
   for group in ('stage1 outputs', 'stage1 gradients', 'stage1 post-step params', 'stage2 losses',
                 'stage2 gradients', 'stage2 post-step forward'):
     assert any(g.startswith(group) for g in groups), group
