@@ -154,6 +154,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Shapes, then the mesh and the jitted step with shardings.
   mesh = sharding.make_mesh()
+  print(f'process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local / '
+        f'{jax.device_count()} global devices', flush=True)
   global_batch = config.train.batch_size
   if global_batch % mesh.size:
     raise TrainingError(f'train.batch_size={global_batch} is not divisible by {mesh.size} devices')
