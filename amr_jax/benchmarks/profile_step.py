@@ -26,7 +26,6 @@ def run(batch: int = 32, dims: str = 'real', repeats: int = 5, suite: str = 'tra
   dev = jax.device_put(host)
   rng = jax.random.key(0, impl='rbg')
   params = task.init_params(rng, {k: v[:1] for k, v in host.items()})
-  cfg = config
 
   def forward(p, b, r):
     return task.apply(p, b, train=True, rng=r)
@@ -36,9 +35,10 @@ def run(batch: int = 32, dims: str = 'real', repeats: int = 5, suite: str = 'tra
 
   def matcher_only(p, b, r):
     out = jax.lax.stop_gradient(task.apply(p, b, train=True, rng=r))
-    return amr_losses.match_all_layers(out, b, cfg.matcher)
+    return amr_losses.match_all_layers(out, b, config.matcher)
 
-  indices = jax.jit(matcher_only)(params, dev, rng)
+  matcher_jit = jax.jit(matcher_only)
+  indices = matcher_jit(params, dev, rng)
 
   def loss_fixed(p, b, r):
     return task.loss(p, None, b, r, train=True, indices=indices)[0]
@@ -52,7 +52,7 @@ def run(batch: int = 32, dims: str = 'real', repeats: int = 5, suite: str = 'tra
   pieces = {
       'forward_eval': (jax.jit(forward_eval), (params, dev)),
       'forward_train': (jax.jit(forward), (params, dev, rng)),
-      'forward+matcher': (jax.jit(matcher_only), (params, dev, rng)),
+      'forward+matcher': (matcher_jit, (params, dev, rng)),
       'forward+matcher+losses': (jax.jit(loss_full), (params, dev, rng)),
       'grad (indices fixed)': (jax.jit(jax.grad(loss_fixed)), (params, dev, rng)),
       'grad (with matcher)': (jax.jit(jax.grad(loss_full)), (params, dev, rng)),
