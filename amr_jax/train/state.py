@@ -41,13 +41,18 @@ def make_train_step(task, tx: optax.GradientTransformation, inject_nan_at_step: 
       loss = loss + poison
       grads = jax.tree.map(lambda g: g + poison, grads)
     finite = jnp.isfinite(loss) & all_finite(grads)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    def apply(params, opt_state):
+      updates, new_opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), new_opt_state
+
+    # One branch, not a per-leaf jnp.where over params and optimiser state: the select version made XLA's CPU
+    # compile of the tiny step ~3x slower (79 s vs 28 s, measured in the session-3 note).
+    new_params, new_opt_state = jax.lax.cond(finite, apply, lambda p, o: (p, o), state.params, state.opt_state)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
+        params=new_params,
+        opt_state=new_opt_state,
         bad_steps=jnp.where(finite, 0, state.bad_steps + 1))
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), finite=finite.astype(jnp.float32),
                    bad_steps=new_state.bad_steps)
