@@ -37,7 +37,8 @@ def test_from_configs_reads_quirks_and_model_keys():
   quirks = amr_common.quirks_config()
   quirks.hd2mr_unmasked_softmax = False
   cfg = amr_lib.AMRModelConfig.from_configs(amr_common.model_config(tiny=True), quirks, 18, 24)
-  assert (cfg.hidden_dim, cfg.nheads, cfg.v_feat_dim, cfg.t_feat_dim) == (32, 4, 18, 24)
+  assert (cfg.hidden_dim, cfg.nheads, cfg.v_feat_dim, cfg.t_feat_dim) == (64, 4, 18, 24)
+  assert cfg.dropout_impl == "hash"
   assert cfg.t2v_misaligned_mask and cfg.final_masks_from_layer2 and cfg.vtc_mean_includes_padding
   assert not cfg.hd2mr_unmasked_softmax
   reference_default = amr_lib.AMRModelConfig()

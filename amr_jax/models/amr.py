@@ -51,6 +51,8 @@ class AMRModelConfig:
     logit_scale_init: initial mask-head logit scale, log(1/0.07).
     fuser_mask_value: additive mask of the VSL fuser softmaxes.
     attention_impl: 'exact' (einsum+softmax) or 'jax' (`jax.nn.dot_product_attention` where possible).
+    dropout_impl: dropout masks from 'hash' (counter hash, fast on CPU) or 'jax' (`jax.random.bernoulli`);
+      see `layers.keep_mask`. PyTorch's dropout stream cannot be reproduced either way.
   """
   hidden_dim: int = 256
   nheads: int = 8
@@ -77,6 +79,7 @@ class AMRModelConfig:
   logit_scale_init: float = math.log(1 / 0.07)
   fuser_mask_value: float = -1e30
   attention_impl: str = 'exact'
+  dropout_impl: str = 'hash'
 
   def __post_init__(self):
     if self.stage not in STAGES:
@@ -169,7 +172,7 @@ class InputProjection(nn.Module):
     for i in range(cfg.n_input_proj):
       x = layers.LinearLayer(cfg.hidden_dim, self.dropout, relu=i < cfg.n_input_proj - 1,
                              layer_norm_eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
-                             name=f'layers_{i}')(x, train=train)
+                             dropout_impl=cfg.dropout_impl, name=f'layers_{i}')(x, train=train)
     return x
 
 
@@ -188,7 +191,7 @@ class CQAttention(nn.Module):
     w_context = self.param('w4C', layers.xavier_uniform_fused(1, d), (d, 1), jnp.float32)
     w_query = self.param('w4Q', layers.xavier_uniform_fused(1, d), (d, 1), jnp.float32)
     w_mul = self.param('w4mlu', layers.xavier_uniform_fused(d, d), (1, 1, d), jnp.float32)
-    dropout = nn.Dropout(cfg.dropout, deterministic=not train)
+    dropout = layers.Dropout(cfg.dropout, deterministic=not train, impl=cfg.dropout_impl)
     context_d = dropout(context).astype(dtype)  # dropout only feeds the score
     query_d = dropout(query).astype(dtype)
     score_c = jnp.einsum('bcd,do->bco', context_d, w_context.astype(dtype), precision=prec)  # [B, Lc, 1]
@@ -269,12 +272,13 @@ class T2VEncoderLayer(nn.Module):
                train: bool) -> Array:
     cfg = self.config
     dtype = cfg.compute_dtype
-    drop = nn.Dropout(cfg.dropout, deterministic=not train)
+    drop = layers.Dropout(cfg.dropout, deterministic=not train, impl=cfg.dropout_impl)
     attn_masked = None
     if cfg.t2v_misaligned_mask:
       attn_masked = t2v_misaligned_extra_mask(video_valid, text_valid, cfg.nheads)  # [B, H, Lv, Lt]
     attended = layers.MultiheadAttention(cfg.hidden_dim, cfg.nheads, cfg.dropout, dtype=dtype,
-                                         implementation=cfg.attention_impl, name='self_attn')(
+                                         implementation=cfg.attention_impl, dropout_impl=cfg.dropout_impl,
+                                         name='self_attn')(
         video + pos_video, text, text, key_valid=text_valid, attn_masked=attn_masked, train=train)
     x1 = video + drop(attended)
     y = layers.layer_norm(cfg.layer_norm_eps, 'norm1')(x1)
@@ -307,10 +311,11 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: Array, valid: Array, pos: Array, *, train: bool) -> Array:
     cfg = self.config
     dtype = cfg.compute_dtype
-    drop = nn.Dropout(cfg.dropout, deterministic=not train)
+    drop = layers.Dropout(cfg.dropout, deterministic=not train, impl=cfg.dropout_impl)
     q = x + pos
     attended = layers.MultiheadAttention(cfg.hidden_dim, cfg.nheads, cfg.dropout, dtype=dtype,
-                                         implementation=cfg.attention_impl, name='self_attn')(
+                                         implementation=cfg.attention_impl, dropout_impl=cfg.dropout_impl,
+                                         name='self_attn')(
         q, q, x, key_valid=valid, train=train)
     x = layers.layer_norm(cfg.layer_norm_eps, 'norm1')(x + drop(attended))
     y = _transformer_linear(cfg.dim_feedforward, dtype, 'linear1')(x)
@@ -361,9 +366,11 @@ class DecoderLayer(nn.Module):
     if self.is_first:
       self.ca_qpos_proj = _transformer_linear(d, dtype)
     self.self_attn = layers.ProjectionFreeAttention(d, cfg.nheads, cfg.dropout, dtype=dtype,
-                                                    implementation=cfg.attention_impl)
+                                                    implementation=cfg.attention_impl,
+                                                    dropout_impl=cfg.dropout_impl)
     self.cross_attn = layers.ProjectionFreeAttention(d, cfg.nheads, cfg.dropout, dtype=dtype,
-                                                     implementation=cfg.attention_impl)
+                                                     implementation=cfg.attention_impl,
+                                                     dropout_impl=cfg.dropout_impl)
     self.norm1 = layers.layer_norm(cfg.layer_norm_eps)
     self.norm2 = layers.layer_norm(cfg.layer_norm_eps)
     self.norm3 = layers.layer_norm(cfg.layer_norm_eps)
@@ -373,7 +380,7 @@ class DecoderLayer(nn.Module):
       self.linear1_active = _transformer_linear(cfg.dim_feedforward, dtype)
       self.linear2_active = _transformer_linear(d, dtype)
     self.activation = layers.PReLU()
-    self.drop = nn.Dropout(cfg.dropout)
+    self.drop = layers.Dropout(cfg.dropout, impl=cfg.dropout_impl)
 
   def __call__(self, tgt: Array, memory: Array, memory_valid: Array, pos: Array, query_pos: Array,
                query_sine_embed: Array, *, num_passes: int, train: bool) -> Array:
