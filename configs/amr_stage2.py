@@ -17,6 +17,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.batch_size = 32 if arg != 'tiny' else 16
   c.optim.lr_drop = 40            # epochs: lr 1e-4 -> 1e-5 -> 1e-6
   if arg == 'tiny':
+    c.optim.lr = 3e-4             # distillation from a trained stage 1: the smaller step (docs/PLANTED.md)
     c.train.num_steps = 300
     c.train.checkpoint_every = 100
     c.train.log_every = 25

@@ -54,6 +54,17 @@ def tiny_config(module_name: str, store_dir, train_path, val_path, **overrides):
   return config
 
 
+def assert_same_loss_and_grads(one, eight, loss_rtol: float = 1e-5):
+  """(loss, grads, ...) of a 1-device and an 8-device run agree: loss `loss_rtol` relative, grads rtol 1e-4."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  assert abs(one[0] - eight[0]) <= loss_rtol * abs(one[0])
+  flat1, flat8 = jax.tree.leaves(one[1]), jax.tree.leaves(eight[1])
+  scale = max(float(np.abs(g).max()) for g in flat1)
+  for a, b in zip(flat1, flat8):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
 def pytest_configure(config):
   """One persistent XLA cache for the whole test session (and the subprocesses it starts)."""
   del config

@@ -153,7 +153,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                               spec=pad_spec(config, store)) if val_records else None
 
   # Shapes, then the mesh and the jitted step with shardings.
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.train.get('num_devices', 0))
   print(f'process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local / '
         f'{jax.device_count()} global devices', flush=True)
   global_batch = config.train.batch_size

@@ -10,7 +10,10 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-  devices = jax.devices() if num_devices is None else jax.devices()[:num_devices]
+  """1-D 'data' mesh over all devices, or over the first `num_devices` (single-process runs only)."""
+  if num_devices and num_devices != jax.device_count() and jax.process_count() > 1:
+    raise ValueError(f'num_devices={num_devices} needs all {jax.device_count()} devices in a multi-process run')
+  devices = jax.devices() if not num_devices else jax.devices()[:num_devices]
   return jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,), devices=devices)
 
 

@@ -54,7 +54,7 @@ def make_train_step(task, tx: optax.GradientTransformation, inject_nan_at_step: 
         params=new_params,
         opt_state=new_opt_state,
         bad_steps=jnp.where(finite, 0, state.bad_steps + 1))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), finite=finite.astype(jnp.float32),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), finite=finite.astype(jnp.float32),
                    bad_steps=new_state.bad_steps)
     return new_state, metrics
 
