@@ -67,12 +67,16 @@ class Checkpoints:
 
 
 def restore_params_only(ckpt_dir: pathlib.Path, step: Optional[int] = None):
-  """Raw restore of the `state` item (no target): returns (state dict, meta, step)."""
+  """Raw restore of the `state` item (no target): returns (state dict, meta, step).
+
+  Arrays saved on another topology (a pod, a 2-process run) land on this process's first device.
+  """
   mngr = ocp.CheckpointManager(pathlib.Path(ckpt_dir).resolve(), item_names=('state', 'meta'))
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint under {ckpt_dir}')
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+  fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=fallback),
                                                         meta=ocp.args.JsonRestore()))
   mngr.close()
   return restored['state'], restored['meta'], step
