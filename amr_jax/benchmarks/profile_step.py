@@ -16,8 +16,8 @@ from amr_jax.train.state import TrainState, make_train_step
 
 
 def _median(fn, args, repeats):
-  compile_s, times = steps.time_calls(fn, args, repeats)
-  return statistics.median(times), compile_s
+  compile_s, flops, times = steps.time_calls(fn, args, repeats)
+  return statistics.median(times), compile_s, flops
 
 
 def run(batch: int = 32, dims: str = 'real', repeats: int = 5, suite: str = 'train1') -> dict:
@@ -60,8 +60,7 @@ def run(batch: int = 32, dims: str = 'real', repeats: int = 5, suite: str = 'tra
   }
   result = {}
   for name, (fn, args) in pieces.items():
-    median, compile_s = _median(fn, args, repeats)
-    flops = steps.flops_of(fn, *args)
+    median, compile_s, flops = _median(fn, args, repeats)
     result[name] = dict(median_s=median, gflop=flops / 1e9, compile_s=compile_s)
     print(f'{name:>24}: {median * 1e3:8.1f} ms  {flops / 1e9:7.1f} GFLOP  ({flops / median / 1e9:6.1f} GFLOP/s)',
           flush=True)
