@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amr_jax.models import layers
+
 Array = jax.Array
 
 LAYER_NORM_EPS = 1e-5
@@ -160,13 +162,8 @@ def torch_linear_kernel_init(key, shape, dtype=jnp.float32):
   return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def torch_bias_init(fan_in: int):
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+# PyTorch nn.Linear/Conv default bias: U(±1/sqrt(fan_in)) (the AMR layers' initialiser, same draws).
+torch_bias_init = layers.torch_default_bias_init
 
 
 def xavier_uniform_packed_init(key, shape, dtype=jnp.float32):
@@ -183,7 +180,7 @@ def _dense(features: int, fan_in: int, name: str, use_bias: bool = True, transfo
 
 
 def _layer_norm(name: str):
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, name=name)
+  return layers.layer_norm(LAYER_NORM_EPS, name)
 
 
 def prelu(x: Array, slope: Array) -> Array:
@@ -196,7 +193,10 @@ def prelu(x: Array, slope: Array) -> Array:
 
 
 class LinearLayer(nn.Module):
-  """LayerNorm → Dropout → Linear → optional ReLU (reference `LinearLayer`; duplicated from AMR on purpose)."""
+  """LayerNorm → Dropout → Linear → optional ReLU (reference `LinearLayer`).
+
+  Not `layers.LinearLayer`: the checkpoint / torch-name layout (`layer_norm`, `linear`) and the kernel init differ.
+  """
   in_dim: int
   out_dim: int
   dropout_rate: float
@@ -225,15 +225,13 @@ class DropPath(nn.Module):
 
 
 def _split_heads(x: Array, num_heads: int) -> Array:
-  # [B, L, D] -> [B, H, L, D/H]
-  b, l, d = x.shape
-  return x.reshape(b, l, num_heads, d // num_heads).transpose(0, 2, 1, 3)
+  # [B, L, D] -> [B, H, L, D/H] (layers.split_heads gives [B, L, H, D/H])
+  return layers.split_heads(x, num_heads).transpose(0, 2, 1, 3)
 
 
 def _merge_heads(x: Array) -> Array:
   # [B, H, L, hd] -> [B, L, H*hd]
-  b, h, l, hd = x.shape
-  return x.transpose(0, 2, 1, 3).reshape(b, l, h * hd)
+  return layers.merge_heads(x.transpose(0, 2, 1, 3))
 
 
 class MultiheadSelfAttention(nn.Module):

@@ -322,6 +322,45 @@ def representation_loss_proposal_pairs(crops: Array, lengths: Array, windows: Ar
   return loss.sum() / jnp.maximum(pair_valid.sum(), 1)
 
 
+def score_proposals(verifier: PostVerificationGRU, verifier_params: Mapping[str, Any], memory: Array,
+                    video_mask: Array, pred_spans: Array, duration: Array, config: FlashMMRVerifierConfig,
+                    clip_length: float = 2.0, deterministic: bool = True, rngs: Optional[Dict[str, Array]] = None
+                    ) -> Dict[str, Array]:
+  """Crops the first K = num_proposals windows of `pred_spans` from F and runs the verifier on them.
+
+  Shared by the training losses and the evaluation forward (predicted IoU of each proposal).
+
+  Args:
+    verifier: the PV module.
+    verifier_params: its params.
+    memory: [B, L, D] fused features F.
+    video_mask: [B, L] 1 = valid clip.
+    pred_spans: [B, P, >=2] windows (seconds), in the order the proposals are to be taken.
+    duration: [B] seconds.
+    config: verifier config.
+    clip_length: seconds per clip.
+    deterministic: dropout off.
+    rngs: flax rngs for dropout.
+
+  Returns:
+    dict with `windows` [B, K, 2] (adjusted, stop-gradient), `start` [B, K], `lengths` [B, K], `crops`
+    [B, K, T, D] and `scores_raw` [B, K] (p = sigmoid(scores_raw) when `apply_sigmoid`).
+  """
+  batch = memory.shape[0]
+  k = min(config.num_proposals, pred_spans.shape[1])
+  windows = jax.lax.stop_gradient(pred_spans[:, :k, :2])  # [B, K, 2]
+  if config.adjust_proposals:
+    windows = adjust_proposals(windows, duration, clip_length)
+  features = memory if config.backprop_into_features else jax.lax.stop_gradient(memory)
+  valid_clips = video_mask.sum(axis=1).astype(jnp.int32)
+  start, end = crop_indices(windows, valid_clips, config.clips_per_second)  # [B, K]
+  crops, lengths = jax.vmap(crop_features, in_axes=(0, 0, 0, None))(features, start, end, config.max_crop_len)
+  flat_crops = crops.reshape(batch * k, config.max_crop_len, -1)
+  out = verifier.apply({"params": verifier_params}, flat_crops, lengths.reshape(-1), deterministic, rngs=rngs)
+  return dict(windows=windows, start=start, lengths=lengths, crops=crops,
+              scores_raw=out["scores_raw"].reshape(batch, k))
+
+
 def post_verification_losses(verifier: PostVerificationGRU, verifier_params: Mapping[str, Any], memory: Array,
                              video_mask: Array, pred_spans: Array, duration: Array, gt_windows_sec: Array,
                              gt_valid: Array, config: FlashMMRVerifierConfig, clip_length: float = 2.0,
@@ -347,17 +386,11 @@ def post_verification_losses(verifier: PostVerificationGRU, verifier_params: Map
     (lw_pv·L_PV + lw_repr·L_repr, dict of the unweighted terms and the targets).
   """
   batch, num_clips = memory.shape[:2]
-  k = min(config.num_proposals, pred_spans.shape[1])
-  windows = jax.lax.stop_gradient(pred_spans[:, :k, :2])  # [B, K, 2]
-  if config.adjust_proposals:
-    windows = adjust_proposals(windows, duration, clip_length)
-  features = memory if config.backprop_into_features else jax.lax.stop_gradient(memory)
-  valid_clips = video_mask.sum(axis=1).astype(jnp.int32)
-  start, end = crop_indices(windows, valid_clips, config.clips_per_second)  # [B, K]
-  crops, lengths = jax.vmap(crop_features, in_axes=(0, 0, 0, None))(features, start, end, config.max_crop_len)
-  flat_crops = crops.reshape(batch * k, config.max_crop_len, -1)
-  flat_lengths = lengths.reshape(-1)
-  out = verifier.apply({"params": verifier_params}, flat_crops, flat_lengths, deterministic, rngs=rngs)
+  scored = score_proposals(verifier, verifier_params, memory, video_mask, pred_spans, duration, config,
+                           clip_length, deterministic, rngs)
+  windows, start, crops, lengths = scored["windows"], scored["start"], scored["crops"], scored["lengths"]
+  k = windows.shape[1]
+  out = dict(scores_raw=scored["scores_raw"].reshape(-1, 1))
   valid = (lengths > 0)  # [B, K]
   iou_hat = jax.vmap(max_iou_targets)(windows, gt_windows_sec, gt_valid)  # [B, K]
   loss_pv = pv_mse_loss(out["scores_raw"], iou_hat.reshape(-1), valid.reshape(-1), config.apply_sigmoid)

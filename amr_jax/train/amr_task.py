@@ -5,7 +5,6 @@ Stage 2 keeps the frozen teacher as a separate pytree (`frozen_params`): no grad
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,18 +14,14 @@ from amr_jax import losses as amr_losses
 from amr_jax import optim as optim_lib
 from amr_jax import predict as predict_lib
 from amr_jax.models.amr import AMR, AMRModelConfig
+from amr_jax.train.task_base import MODEL_INPUTS, LinenTask  # noqa: F401  (MODEL_INPUTS re-exported)
 
-MODEL_INPUTS = ('src_vid', 'src_vid_mask', 'src_txt', 'src_txt_mask')
 EVAL_OUTPUTS = ('pred_logits', 'pred_spans', 'iou_scores', 'saliency_scores')
 
 
 @dataclasses.dataclass
-class AMRTask:
+class AMRTask(LinenTask):
   """Binds a config to the AMR model and loss; every method is pure and jittable."""
-  config: Any                   # the ml_collections run config
-  video_dim: int                # with the 2 TEF dims
-  text_dim: int
-
   eval_task = 'qvh'
 
   def __post_init__(self):
@@ -37,13 +32,11 @@ class AMRTask:
 
   # -- parameters ---------------------------------------------------------------------------------
   def init_params(self, rng: jax.Array, batch: dict):
-    variables = self.model.init({'params': rng, 'dropout': rng}, *[batch[k] for k in MODEL_INPUTS], train=False)
-    return variables['params']
+    return self.init_model(rng, batch, train=False)
 
   def apply(self, params, batch: dict, *, train: bool, rng=None, pass_a_only: bool = False):
-    rngs = {'dropout': rng} if train else {}
-    return self.model.apply({'params': params}, *[batch[k] for k in MODEL_INPUTS], train=train, rngs=rngs,
-                            pass_a_only=pass_a_only)
+    return self.apply_model(params, batch, train=train, pass_a_only=pass_a_only,
+                            dropout_rng=rng if train else None)
 
   # -- training -----------------------------------------------------------------------------------
   def loss(self, params, frozen_params, batch: dict, rng: jax.Array, *, train: bool = True, indices=None):

@@ -22,7 +22,12 @@ def _amr_task(config, video_dim, text_dim):
   return AMRTask(config, video_dim, text_dim)
 
 
-TASKS: dict[str, Callable] = {'amr': _amr_task}
+def _flashmmr_task(config, video_dim, text_dim):
+  from amr_jax.train.flashmmr_task import FlashMMRTask  # pylint: disable=import-outside-toplevel
+  return FlashMMRTask(config, video_dim, text_dim)
+
+
+TASKS: dict[str, Callable] = {'amr': _amr_task, 'flashmmr': _flashmmr_task}
 
 
 def get_task(config, video_dim: int, text_dim: int):
