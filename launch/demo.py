@@ -14,10 +14,11 @@ from absl import flags  # noqa: E402
 from launch import _cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', 'demo_out', 'Where everything goes.')
-_NUM_TRAIN = flags.DEFINE_integer('num_train', 600, 'QVHighlights train queries used.')
+_NUM_TRAIN = flags.DEFINE_integer('num_train', 1000, 'QVHighlights train queries used.')
 _NUM_VAL = flags.DEFINE_integer('num_val', 200, 'QVHighlights val queries used.')
 _STEPS1 = flags.DEFINE_integer('steps1', 400, 'Stage-1 steps.')
-_STEPS2 = flags.DEFINE_integer('steps2', 300, 'Stage-2 steps.')
+_STEPS2 = flags.DEFINE_integer('steps2', 200, 'Stage-2 steps.')
+_BATCH = flags.DEFINE_integer('batch', 32, 'Global batch of every training run (the tiny configs learn at 32).')
 _MINE_STEPS = flags.DEFINE_integer('mine_steps', 150, 'Steps of each Boost fold model.')
 _PLOTS = flags.DEFINE_integer('plots', 6, 'Per-query plots written.')
 
@@ -65,6 +66,7 @@ def main(argv):
 
   def tiny(module, **overrides):
     c = module.get_config('tiny')
+    overrides = {'train.batch_size': _BATCH.value, **overrides}
     with c.unlocked():
       c.data.feature_dir = str(store_dir)
       c.data.train_annotations = str(train_path)
