@@ -20,7 +20,7 @@ demo: venv
 	$(PY) launch/demo.py --workdir=demo_out
 
 test: venv
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) demo_out
