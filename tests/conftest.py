@@ -70,3 +70,15 @@ def pytest_configure(config):
   del config
   from amr_jax import jax_setup
   os.environ['AMR_JAX_CACHE'] = jax_setup.enable_compilation_cache()  # subprocesses share it
+
+
+# The longest files first, so that `make test`'s two xdist workers (--dist loadfile) each start on one of them
+# and the short files fill in around them, instead of one worker being left with the long tail.
+LONGEST_FIRST = ('test_learning.py', 'test_flashmmr_train.py', 'test_multiprocess.py', 'test_train.py',
+                 'test_flashmmr_parity.py', 'test_check_reference.py', 'test_devices.py', 'test_model_parity.py')
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
