@@ -24,7 +24,12 @@ STAGES = {
 
 
 def _optim_cfg():
-  return amr_common.base_config('tiny').optim
+  """The optimiser of the fixture's own run (its tiny_config.json), in our config's keys."""
+  fixture = json.loads((FIXTURE_DIR / 'tiny_config.json').read_text())['optimizer']
+  cfg = amr_common.base_config('tiny').optim
+  cfg.lr, (cfg.b1, cfg.b2), cfg.eps = fixture['lr'], fixture['betas'], fixture['eps']
+  cfg.weight_decay, cfg.grad_clip = fixture['weight_decay'], fixture['grad_clip']['max_norm']
+  return cfg
 
 
 @pytest.mark.parametrize('stage', ['pretrain', 'distill'])
