@@ -54,6 +54,20 @@ def tiny_config(module_name: str, store_dir, train_path, val_path, **overrides):
   return config
 
 
+def loss_and_grads_on(num_devices: int, task, params, batch: dict, rng, frozen=None):
+  """(loss, grads, aux) of `task.loss` in train mode on a `num_devices` mesh: params (and the frozen teacher)
+  replicated, the batch split over 'data'."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from amr_jax.train import sharding  # pylint: disable=import-outside-toplevel
+  mesh = sharding.make_mesh(num_devices)
+  repl = sharding.replicated(mesh)
+  grad_fn = jax.jit(jax.value_and_grad(lambda p, t, b, r: task.loss(p, t, b, r, train=True), has_aux=True),
+                    in_shardings=(repl, repl, sharding.data_sharded(mesh), repl), out_shardings=repl)
+  (loss, aux), grads = grad_fn(jax.device_put(params, repl), jax.device_put(frozen, repl),
+                               sharding.to_global(batch, mesh), rng)
+  return float(loss), jax.device_get(grads), jax.device_get(aux)
+
+
 def assert_same_loss_and_grads(one, eight, loss_rtol: float = 1e-5):
   """(loss, grads, ...) of a 1-device and an 8-device run agree: loss `loss_rtol` relative, grads rtol 1e-4."""
   import jax  # pylint: disable=import-outside-toplevel

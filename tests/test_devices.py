@@ -6,9 +6,8 @@ compiles in about half the time.
 """
 import jax
 
-from conftest import assert_same_loss_and_grads
+from conftest import assert_same_loss_and_grads, loss_and_grads_on
 from amr_jax.benchmarks import steps
-from amr_jax.train import sharding
 
 SHALLOW = dict(t2v_layers=1, enc_layers=1, dec_layers=2)
 
@@ -18,14 +17,7 @@ def test_stage1_loss_and_gradients_8_devices_equal_1_device():
   host = steps.random_batch(8, spec)
   rng = jax.random.key(0, impl='rbg')
   params = task.init_params(rng, {k: v[:1] for k, v in host.items()})
-  results = {}
-  for n in (1, 8):
-    mesh = sharding.make_mesh(n)
-    repl = sharding.replicated(mesh)
-    grad_fn = jax.jit(jax.value_and_grad(lambda p, b, r: task.loss(p, None, b, r, train=True), has_aux=True),
-                      in_shardings=(repl, sharding.data_sharded(mesh), repl), out_shardings=repl)
-    (loss, _), grads = grad_fn(jax.device_put(params, repl), sharding.to_global(host, mesh), rng)
-    results[n] = (float(loss), jax.device_get(grads))
+  results = {n: loss_and_grads_on(n, task, params, host, rng) for n in (1, 8)}
   assert_same_loss_and_grads(results[1], results[8])
 
 
@@ -37,14 +29,6 @@ def test_stage2_loss_and_gradients_8_devices_equal_1_device():
   example = {k: v[:1] for k, v in host.items()}
   student, teacher = task.stage2_from_stage1(task.init_params(jax.random.key(1, impl='rbg'), example),
                                              task.init_params(rng, example), rng)
-  results = {}
-  for n in (1, 8):
-    mesh = sharding.make_mesh(n)
-    repl = sharding.replicated(mesh)
-    grad_fn = jax.jit(jax.value_and_grad(lambda p, t, b, r: task.loss(p, t, b, r, train=True), has_aux=True),
-                      in_shardings=(repl, repl, sharding.data_sharded(mesh), repl), out_shardings=repl)
-    (loss, aux), grads = grad_fn(jax.device_put(student, repl), jax.device_put(teacher, repl),
-                                 sharding.to_global(host, mesh), rng)
-    results[n] = (float(loss), jax.device_get(grads), jax.device_get(aux))
+  results = {n: loss_and_grads_on(n, task, student, host, rng, frozen=teacher) for n in (1, 8)}
   assert 'loss/loss_dill' in results[1][2]  # the teacher term is really in the loss
   assert_same_loss_and_grads(results[1], results[8])

@@ -10,13 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ANNOTATIONS, assert_same_loss_and_grads, tiny_config
+from conftest import ANNOTATIONS, assert_same_loss_and_grads, loss_and_grads_on, tiny_config
 from amr_jax.benchmarks import steps
 from amr_jax.data import annotations, planted
 from amr_jax.data.records import MomentRecord
 from amr_jax.models import flashmmr_verifier as verifier_lib
 from amr_jax.train import flashmmr_task as task_lib
-from amr_jax.train import sharding
 from data_pipelines import examples as examples_lib
 
 CONFIG = 'configs/flashmmr.py'
@@ -33,14 +32,7 @@ def test_flashmmr_loss_and_gradients_8_devices_equal_1_device():
   host['src_vid'][1] = host['src_vid'][0]
   rng = jax.random.key(0, impl='rbg')
   params = task.init_params(rng, {k: v[:1] for k, v in host.items()})
-  results = {}
-  for n in (1, 8):
-    mesh = sharding.make_mesh(n)
-    repl = sharding.replicated(mesh)
-    grad_fn = jax.jit(jax.value_and_grad(lambda p, b, r: task.loss(p, None, b, r, train=True), has_aux=True),
-                      in_shardings=(repl, sharding.data_sharded(mesh), repl), out_shardings=repl)
-    (loss, aux), grads = grad_fn(jax.device_put(params, repl), sharding.to_global(host, mesh), rng)
-    results[n] = (float(loss), jax.device_get(grads), jax.device_get(aux))
+  results = {n: loss_and_grads_on(n, task, params, host, rng) for n in (1, 8)}
   aux = results[1][2]
   assert 'loss/loss_pv' in aux and 'loss/loss_repr' in aux and aux['loss/loss_pv'] > 0
   assert float(aux['data/real_neg_frac']) == pytest.approx(7 / 8)

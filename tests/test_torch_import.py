@@ -13,8 +13,9 @@ def test_import_npz_roundtrip(tmp_path):
   out = tmp_path / 'export'
   sizes = json.loads((fixture / 'tiny_config.json').read_text())['model']  # the checkpoint's own sizes
   size_flags = [f'--config.model.{k}={sizes[k]}' for k in ('hidden_dim', 'nheads', 'dim_feedforward')]
-  proc = subprocess.run([sys.executable, str(ROOT / 'launch' / 'import_torch.py'), '--config=configs/amr_stage1.py:tiny',
-                         f'--checkpoint={fixture / "stage1_params.npz"}', f'--out={out}', *size_flags],
+  proc = subprocess.run([sys.executable, str(ROOT / 'launch' / 'import_torch.py'),
+                         '--config=configs/amr_stage1.py:tiny', f'--checkpoint={fixture / "stage1_params.npz"}',
+                         f'--out={out}', *size_flags],
                         cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
   from amr_jax.reference import torch_names
