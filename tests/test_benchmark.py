@@ -18,3 +18,5 @@ def test_benchmark_tiny_prints_json(suite):
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result['suite'] == suite and result['median_s'] > 0 and result['samples_per_s'] > 0
+  if suite == 'input':  # both pipelines are timed: plain samples and online Splice (stage 1's input)
+    assert result['plain_samples_per_s'] > 0 and result['ratio_to_step_demand'] > 0
