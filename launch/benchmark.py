@@ -25,7 +25,7 @@ def main(argv):
   del argv
   if _SUITE.value == 'eval':
     from amr_jax.benchmarks import eval_suite  # pylint: disable=import-outside-toplevel
-    result = eval_suite.run(repeats=max(_STEPS.value // 2, 3))
+    result = eval_suite.run(repeats=max(_STEPS.value, 15))  # the process time varies: take the median of many
   elif _SUITE.value == 'input':
     from amr_jax.benchmarks import input_suite  # pylint: disable=import-outside-toplevel
     result = input_suite.run(batch=_BATCH.value, dims=_DIMS.value, steps=_STEPS.value)

@@ -257,8 +257,7 @@ def test_scipy_solver_gives_the_same_total():
 
 def test_global_batch_normalisation_under_data_sharding():
   devices = jax.devices()
-  if len(devices) < 2:
-    pytest.skip('needs several (simulated) devices')
+  assert len(devices) >= 2, 'needs several (simulated) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8'
   raw, outputs, batch, _ = _load('stage1')
   # A batch of 6 = the fixture twice, with different sizes of matched sets per shard.
   tile = lambda x, axis=0: jnp.concatenate([x, jnp.flip(x, axis)], axis=axis)  # noqa: E731

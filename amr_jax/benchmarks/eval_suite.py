@@ -27,7 +27,7 @@ def _time_cli(out_path: pathlib.Path) -> float:
   return time.perf_counter() - start
 
 
-def run(repeats: int = 5) -> dict:
+def run(repeats: int = 15) -> dict:
   """Median/min/max wall seconds of the CLI process over `repeats` runs, plus in-process `evaluate()` time.
 
   Steady state is measured: the evaluator's .pyc files are compiled first (as an installed package has them,

@@ -19,6 +19,8 @@ GT windows of zero length give IoU 0 (the official code divides 0 by 0 there).
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from amr_jax.eval.common import (LENGTH_BUCKETS, MAX_PRED_WINDOWS_AP, MR_AP_THRESHOLDS, WindowTable,
@@ -349,10 +351,25 @@ def highlight_detection(prepared: Prepared) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 def evaluate(prepared: Prepared, *, highlight: bool = True) -> dict:
   """The official `eval_submission` dict: "brief", then the other keys sorted."""
+  hl_thread = None
+  if highlight and prepared.has_highlight:  # HD runs next to MR: numpy releases the GIL in its heavy parts
+    hl_result: dict = {}
+
+    def run_highlight():
+      try:
+        hl_result['value'] = highlight_detection(prepared)
+      except BaseException as e:  # pylint: disable=broad-except  (re-raised in the caller's thread)
+        hl_result['error'] = e
+
+    hl_thread = threading.Thread(target=run_highlight, name='qvh-highlight')
+    hl_thread.start()
   metrics = moment_retrieval(prepared)
   brief = moment_retrieval_brief(metrics)
-  if highlight and prepared.has_highlight:
-    hl = highlight_detection(prepared)
+  if hl_thread is not None:
+    hl_thread.join()
+    if 'error' in hl_result:
+      raise hl_result['error']
+    hl = hl_result['value']
     metrics.update(hl)
     for key, values in hl.items():
       for sub_key, value in values.items():
