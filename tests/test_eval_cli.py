@@ -85,6 +85,24 @@ def test_cli_bad_flag_value(tmp_path):
   assert proc.returncode == 1 and proc.stderr.strip().count('\n') == 0 and 'Traceback' not in proc.stderr
 
 
+def test_cli_absl_forms_give_the_same_file(tmp_path):
+  """`--name value` and repeated flags go through absl instead of the fast parser; the result is the same."""
+  sub = EVAL / 'qvh_val_preds_A.jsonl'
+  fast, spaced = tmp_path / 'fast.json', tmp_path / 'spaced.json'
+  assert _evaluate_cli('--task=qvh', f'--submission={sub}', f'--annotations={QVH_VAL}', f'--out={fast}').returncode == 0
+  proc = _evaluate_cli('--task', 'qvh', '--submission', str(sub), '--annotations', str(QVH_VAL), '--out=x',
+                       f'--out={spaced}')
+  assert proc.returncode == 0, proc.stderr
+  assert spaced.read_text() == fast.read_text()
+
+
+def test_cli_missing_flag_and_extra_argument(tmp_path):
+  proc = _evaluate_cli('--task=qvh', '--submission=a', f'--out={tmp_path / "m.json"}')
+  assert proc.returncode == 1 and '--annotations' in proc.stderr and 'Traceback' not in proc.stderr
+  proc = _evaluate_cli('--task=qvh', '--submission=a', '--annotations=b', f'--out={tmp_path / "m.json"}', 'extra')
+  assert proc.returncode == 1 and 'unexpected arguments: extra' in proc.stderr
+
+
 def test_validate_names_every_problem_in_one_run():
   gt = [{'qid': q, 'duration': 10, 'relevant_windows': [[0, 4]], 'relevant_clip_ids': [0, 1],
          'saliency_scores': [[4, 4, 4], [1, 1, 1]]} for q in (1, 2, 3)]
