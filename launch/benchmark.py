@@ -12,7 +12,8 @@ from absl import flags  # noqa: E402
 
 from launch import _cli  # noqa: E402
 
-_SUITE = flags.DEFINE_enum('suite', 'train1', ['input', 'train1', 'train2', 'infer', 'eval'], 'What to time.')
+_SUITE = flags.DEFINE_enum('suite', 'train1', ['input', 'train1', 'train2', 'infer', 'eval', 'profile'],
+                            'What to time (profile: train1 step time per module, from a profiler trace).')
 _BATCH = flags.DEFINE_integer('batch', 32, 'Global batch size.')
 _DIMS = flags.DEFINE_enum('dims', 'real', ['real', 'tiny'], 'Feature/model dimensions.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
@@ -26,6 +27,10 @@ def main(argv):
   if _SUITE.value == 'eval':
     from amr_jax.benchmarks import eval_suite  # pylint: disable=import-outside-toplevel
     result = eval_suite.run(repeats=max(_STEPS.value, 15))  # the process time varies: take the median of many
+  elif _SUITE.value == 'profile':
+    from amr_jax.benchmarks import module_profile  # pylint: disable=import-outside-toplevel
+    result = module_profile.run('train1', batch=_BATCH.value, dims=_DIMS.value)
+    print(module_profile.table(result))
   elif _SUITE.value == 'input':
     from amr_jax.benchmarks import input_suite  # pylint: disable=import-outside-toplevel
     result = input_suite.run(batch=_BATCH.value, dims=_DIMS.value, steps=_STEPS.value)

@@ -39,19 +39,8 @@ def planted_qvh(tmp_path_factory):
 
 def tiny_config(module_name: str, store_dir, train_path, val_path, **overrides):
   """configs/<module_name>.py:tiny pointed at a planted store, with dotted-key overrides."""
-  import importlib
-  config = importlib.import_module(f'configs.{module_name}').get_config('tiny')
-  with config.unlocked():
-    config.data.feature_dir = str(store_dir)
-    config.data.train_annotations = str(train_path)
-    config.data.val_annotations = str(val_path) if val_path else ''
-    for key, value in overrides.items():
-      node = config
-      *path, leaf = key.split('.')
-      for p in path:
-        node = node[p]
-      node[leaf] = value
-  return config
+  from amr_jax.train import learning_check  # pylint: disable=import-outside-toplevel
+  return learning_check.tiny_config(module_name, store_dir, train_path, val_path, **overrides)
 
 
 def loss_and_grads_on(num_devices: int, task, params, batch: dict, rng, frozen=None):

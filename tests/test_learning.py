@@ -5,45 +5,32 @@ Also the sliding-window Predictor on a video 3x longer than max_v_l, with the tr
 import numpy as np
 import pytest
 
-from conftest import ANNOTATIONS, tiny_config
 from amr_jax.data import annotations, features, planted
 from amr_jax.data.records import MomentRecord
-from amr_jax.train import loop
+from amr_jax.train import learning_check
 
 NUM_TRAIN, NUM_VAL = 1000, 200
 STAGE1_STEPS, STAGE2_STEPS, BATCH = 400, 150, 32
 
 
 @pytest.fixture(scope='module')
-def planted_small(tmp_path_factory):
-  out = tmp_path_factory.mktemp('learn')
-  qvh = ANNOTATIONS / 'qvhighlights'
-  train = annotations.load_annotations(qvh / 'highlight_train_release.jsonl')[:NUM_TRAIN]
-  val = annotations.load_annotations(qvh / 'highlight_val_release.jsonl')[:NUM_VAL]
-  annotations.write_jsonl(train, out / 'train.jsonl')
-  annotations.write_jsonl(val, out / 'val.jsonl')
-  planted.write_planted_store(train + val, str(out / 'store'), seed=0, dims='tiny')
-  return out
-
-
-def _run(root, name, module, steps, **overrides):
-  cfg = tiny_config(module, root / 'store', root / 'train.jsonl', root / 'val.jsonl',
-                    **{'train.num_steps': steps, 'train.checkpoint_every': steps, 'train.batch_size': BATCH,
-                       'train.num_devices': 1, **overrides})
-  return loop.train_and_evaluate(cfg, str(root / name))
+def learned(tmp_path_factory):
+  """Both arms (real queries, shuffled control), stage 1 then stage 2: `launch/learning_check.py` at small size."""
+  root = tmp_path_factory.mktemp('learn')
+  result = learning_check.run(root, NUM_TRAIN, NUM_VAL, STAGE1_STEPS, STAGE2_STEPS, BATCH, num_devices=1)
+  print(learning_check.table(result))
+  return root, result
 
 
 @pytest.fixture(scope='module')
-def runs(planted_small):
-  root = planted_small
-  result = {}
-  for name, shuffle in (('real', False), ('control', True)):
-    s1 = _run(root, f'{name}_s1', 'amr_stage1', STAGE1_STEPS, **{'data.shuffle_queries': shuffle})
-    s2 = _run(root, f'{name}_s2', 'amr_stage2', STAGE2_STEPS, **{
-        'data.shuffle_queries': shuffle, 'init.stage1_workdir': str(root / f'{name}_s1')})
-    result[name] = (s1, s2)
-  print({k: [(r['MR-full-R1@0.5'], r['HL-min-VeryGood-mAP']) for r in v] for k, v in result.items()})
-  return result
+def runs(learned):
+  result = learned[1]
+  return {arm: (result[arm]['stage1'], result[arm]['stage2']) for arm in ('real', 'control')}
+
+
+@pytest.fixture(scope='module')
+def planted_small(learned):
+  return learned[0]
 
 
 def test_real_queries_beat_the_shuffled_query_control(runs):
