@@ -25,7 +25,14 @@ _PLOTS = flags.DEFINE_integer('plots', 6, 'Per-query plots written.')
 ANN = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'annotations' / 'qvhighlights'
 
 
+_LAST_BANNER = [time.time()]
+
+
 def banner(text: str, cmd: str = '') -> None:
+  """Starts a phase: prints how long the previous one took, then the phase and its equivalent command."""
+  now = time.time()
+  print(f'   ({now - _LAST_BANNER[0]:.0f} s)', flush=True)
+  _LAST_BANNER[0] = now
   print(f'\n== {text}', flush=True)
   if cmd:
     print(f'   (same as: {cmd})', flush=True)
@@ -113,7 +120,7 @@ def main(argv):
   metrics = eval_api.evaluate('qvh', rows, [r.to_json() for r in val])
   (out / 'val_metrics.json').write_text(json.dumps(metrics, indent=4))
 
-  print('\n== results (val, planted features)')
+  banner('results (val, planted features)')
   keys = ['MR-full-R1@0.5', 'MR-full-R1@0.7', 'MR-full-mAP', 'HL-min-VeryGood-mAP', 'HL-min-VeryGood-Hit1']
   print(f'{"metric":<24}{"stage 1":>10}{"stage 2":>10}{"final":>10}')
   for k in keys:

@@ -37,6 +37,17 @@ def planted_qvh(tmp_path_factory):
   return out / 'store', out / 'train.jsonl', out / 'val.jsonl'
 
 
+def flat_items(result: dict, prefix: str = '') -> list:
+  """[(path, value)] of a nested metrics dict in order, for a readable diff of two metric files."""
+  out = []
+  for key, value in result.items():
+    if isinstance(value, dict):
+      out += flat_items(value, f'{prefix}{key}/')
+    else:
+      out.append((f'{prefix}{key}', value))
+  return out
+
+
 def tiny_config(module_name: str, store_dir, train_path, val_path, **overrides):
   """configs/<module_name>.py:tiny pointed at a planted store, with dotted-key overrides."""
   from amr_jax.train import learning_check  # pylint: disable=import-outside-toplevel

@@ -6,26 +6,18 @@ import json
 import pathlib
 
 from amr_jax.eval import api
+from conftest import flat_items
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EVAL = ROOT / 'tests' / 'fixtures' / 'eval'
 CHARADES_TEST = ROOT / 'data' / 'annotations' / 'charades-sta' / 'charades_test_release.jsonl'
 
 
-def _flat(result, prefix=''):
-  out = []
-  for key, value in result.items():
-    if isinstance(value, dict):
-      out += _flat(value, f'{prefix}{key}/')
-    else:
-      out.append((f'{prefix}{key}', value))
-  return out
-
 
 def test_fixture_a_every_number_key_and_order_and_bytes():
   result = api.evaluate_files('charades', EVAL / 'charades_test_preds_A.jsonl', CHARADES_TEST)
   text = (EVAL / 'charades_test_preds_A_metrics.json').read_text()
-  assert _flat(result) == _flat(json.loads(text))
+  assert flat_items(result) == flat_items(json.loads(text))
   assert json.dumps(result, indent=4) == text
   assert result['moment_detr']['long'] is None and result['moment_detr']['brief']['MR-long-mAP'] is None
 

@@ -10,22 +10,13 @@ import pytest
 
 from amr_jax.eval import api, common, qvh
 from amr_jax.eval.submission import prepare
+from conftest import flat_items
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EVAL = ROOT / 'tests' / 'fixtures' / 'eval'
 QVH_VAL = ROOT / 'data' / 'annotations' / 'qvhighlights' / 'highlight_val_release.jsonl'
 SAMPLE = ROOT / 'data' / 'annotations' / 'qvhighlights' / 'standalone_eval'
 
-
-def _flat(result, prefix=''):
-  """[(path, value)] in order, for a readable diff."""
-  out = []
-  for key, value in result.items():
-    if isinstance(value, dict):
-      out += _flat(value, f'{prefix}{key}/')
-    else:
-      out.append((f'{prefix}{key}', value))
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -35,8 +26,8 @@ def fixture_a_result():
 
 def test_fixture_a_every_number_key_and_order(fixture_a_result):
   want = json.loads((EVAL / 'qvh_val_preds_A_metrics.json').read_text())
-  assert _flat(fixture_a_result) == _flat(want)
-  assert all(type(v) is float for _, v in _flat(fixture_a_result))
+  assert flat_items(fixture_a_result) == flat_items(want)
+  assert all(type(v) is float for _, v in flat_items(fixture_a_result))
 
 
 def test_fixture_a_byte_identical(fixture_a_result):
@@ -46,7 +37,7 @@ def test_fixture_a_byte_identical(fixture_a_result):
 def test_moment_detr_sample_predictions():
   result = api.evaluate_files('qvh', SAMPLE / 'sample_val_preds.jsonl', QVH_VAL)
   want = json.loads((SAMPLE / 'sample_val_preds_metrics_raw.json').read_text())
-  assert _flat(result) == _flat(want)
+  assert flat_items(result) == flat_items(want)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -153,18 +144,24 @@ def _hl_case(rng, num_queries):
   return sub, gt
 
 
-@pytest.mark.parametrize('min_score', [2, 3, 4])
-def test_highlight_ap_matches_reference_bit_for_bit(min_score):
-  rng = np.random.default_rng(min_score)
-  sub, gt = _hl_case(rng, 200)
-  got = qvh.highlight_ap_per_query(prepare('qvh', sub, gt), min_score)
-  for q, (s, g) in enumerate(zip(sub, gt)):
+def _dense_grids(sub, gt):
+  """Per query: the GT score grid [num_clips, 3] and the prediction padded with 0 to num_clips."""
+  for s, g in zip(sub, gt):
     num_clips = g['duration'] // 2
     grid = np.zeros((num_clips, 3))
     grid[g['relevant_clip_ids']] = g['saliency_scores']
     pred = np.zeros(num_clips)
     scores = np.asarray(s['pred_saliency_scores'], dtype=float)[:num_clips]
     pred[:len(scores)] = scores
+    yield grid, pred
+
+
+@pytest.mark.parametrize('min_score', [2, 3, 4])
+def test_highlight_ap_matches_reference_bit_for_bit(min_score):
+  rng = np.random.default_rng(min_score)
+  sub, gt = _hl_case(rng, 200)
+  got = qvh.highlight_ap_per_query(prepare('qvh', sub, gt), min_score)
+  for q, (grid, pred) in enumerate(_dense_grids(sub, gt)):
     for a in range(3):
       assert got[q, a] == _reference_hl_ap((grid[:, a] >= min_score).astype(float), pred), (q, a)
 
@@ -174,13 +171,7 @@ def test_highlight_ap_matches_sklearn():
   rng = np.random.default_rng(11)
   sub, gt = _hl_case(rng, 60)
   got = qvh.highlight_ap_per_query(prepare('qvh', sub, gt), 3)
-  for q, (s, g) in enumerate(zip(sub, gt)):
-    num_clips = g['duration'] // 2
-    grid = np.zeros((num_clips, 3))
-    grid[g['relevant_clip_ids']] = g['saliency_scores']
-    pred = np.zeros(num_clips)
-    scores = np.asarray(s['pred_saliency_scores'], dtype=float)[:num_clips]
-    pred[:len(scores)] = scores
+  for q, (grid, pred) in enumerate(_dense_grids(sub, gt)):
     for a in range(3):
       y = (grid[:, a] >= 3).astype(float)
       if len(set(y)) == 1:

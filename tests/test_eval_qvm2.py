@@ -9,26 +9,18 @@ import numpy as np
 
 from amr_jax.eval import api, qvm2
 from amr_jax.eval.submission import prepare
+from conftest import flat_items
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EVAL = ROOT / 'tests' / 'fixtures' / 'eval'
 QVM2_TEST = ROOT / 'data' / 'annotations' / 'qv-m2' / 'test.jsonl'
 
 
-def _flat(result, prefix=''):
-  out = []
-  for key, value in result.items():
-    if isinstance(value, dict):
-      out += _flat(value, f'{prefix}{key}/')
-    else:
-      out.append((f'{prefix}{key}', value))
-  return out
-
 
 def test_fixture_a_every_number_key_and_order_and_bytes():
   result = api.evaluate_files('qvm2', EVAL / 'qvm2_test_preds_A.jsonl', QVM2_TEST)
   text = (EVAL / 'qvm2_test_preds_A_metrics.json').read_text()
-  assert _flat(result) == _flat(json.loads(text))
+  assert flat_items(result) == flat_items(json.loads(text))
   assert json.dumps(result, indent=4) == text
   # mR is the numpy-rounded mean of the already-rounded R@k values, not the rounded mean of raw recalls
   assert result['full']['MR-mR3'] == float(np.round(np.mean(list(result['full']['MR-R3'].values())), 2))
