@@ -38,8 +38,16 @@ def test_real_queries_beat_the_shuffled_query_control(runs):
     real, control = runs['real'][stage], runs['control'][stage]
     assert real['MR-full-R1@0.5'] >= control['MR-full-R1@0.5'] + 10, (stage, real, control)
     assert real['HL-min-VeryGood-mAP'] >= control['HL-min-VeryGood-mAP'] + 8, (stage, real, control)
-  # The control stays near chance: a random window of typical length rarely reaches IoU 0.5.
+  # The control stays near chance: a random window of typical length rarely reaches IoU 0.5, and even a perfect
+  # query-blind span finder would have to guess among the planted look-alike spans.
   assert runs['control'][1]['MR-full-R1@0.5'] < 15
+
+
+def test_control_is_below_the_query_blind_ceiling(learned):
+  result = learned[1]
+  assert 30 < result['query_blind_r1']['uniform'] <= result['query_blind_r1']['longest'] < 50, result
+  for stage in ('stage1', 'stage2'):
+    assert result['control'][stage]['MR-full-R1@0.5'] < result['query_blind_r1']['uniform'], result
 
 
 def test_stage2_improves_on_stage1(runs):

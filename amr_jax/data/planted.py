@@ -464,3 +464,33 @@ def code_retrieval_hit_rate(store: FeatureStore, records: Sequence[MomentRecord]
     hits += bool(gt[best])
     chance += gt.mean()
   return hits / max(len(records), 1), chance / max(len(records), 1)
+
+
+def query_blind_r1(records: Sequence[MomentRecord], store_records: Sequence[MomentRecord], seed: int = 0,
+                   max_v_l: int = 75) -> Dict[str, float]:
+  """R1@0.5 (%) a query-blind model could reach on `records` if it found every planted span perfectly.
+
+  `store_records` are all the rows the store was written from (they fix each video's spans). 'uniform': one of
+  the video's planted spans (true windows of its queries and distractors) picked at random; 'longest': one of its
+  longest spans (where a long window left no room for full-length distractors, the length gives it away). A
+  shuffled-query control that learns to find planted spans but not to read the query sits at or below these.
+  """
+  pool = sorted({r.query for r in store_records})
+  by_vid: Dict[str, Dict[int, MomentRecord]] = collections.defaultdict(dict)
+  for r in store_records:
+    by_vid[r.vid].setdefault(r.qid, r)
+
+  def iou(a, b):
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    return inter / (max(a[1], b[1]) - min(a[0], b[0]))
+
+  uniform, longest = [], []
+  for record in records:
+    vid_records = [by_vid[record.vid][qid] for qid in sorted(by_vid[record.vid])]
+    plants = plan_video(record.vid, vid_records, video_length(vid_records, max_v_l), pool, seed)
+    spans = [(p.first_clip * CLIP_LEN_SEC, (p.first_clip + len(p.strengths)) * CLIP_LEN_SEC) for p in plants]
+    hit = np.array([max(iou(s, w) for w in record.windows) >= 0.5 for s in spans])
+    lengths = np.array([s[1] - s[0] for s in spans])
+    uniform.append(hit.mean())
+    longest.append(hit[lengths == lengths.max()].mean())
+  return {'uniform': 100 * float(np.mean(uniform)), 'longest': 100 * float(np.mean(longest))}

@@ -32,7 +32,7 @@ def tiny_config(module_name: str, store_dir, train_path, val_path, **overrides):
   return config
 
 
-def build_store(root: pathlib.Path, num_train: int, num_val: int, seed: int = 0) -> None:
+def build_store(root: pathlib.Path, num_train: int, num_val: int, seed: int = 0) -> tuple[list, list]:
   """The first `num_train` train and `num_val` val queries, as jsonl files plus their planted store."""
   root.mkdir(parents=True, exist_ok=True)
   train = annotations.load_annotations(ANNOTATIONS / 'highlight_train_release.jsonl')[:num_train]
@@ -40,6 +40,7 @@ def build_store(root: pathlib.Path, num_train: int, num_val: int, seed: int = 0)
   annotations.write_jsonl(train, root / 'train.jsonl')
   annotations.write_jsonl(val, root / 'val.jsonl')
   planted.write_planted_store(train + val, str(root / 'store'), seed=seed, dims='tiny')
+  return train, val
 
 
 def run(root, num_train: int, num_val: int, steps1: int, steps2: int, batch: int = 32,
@@ -47,7 +48,7 @@ def run(root, num_train: int, num_val: int, steps1: int, steps2: int, batch: int
   """{'real'|'control': {'stage1'|'stage2': metrics}, 'seconds': ..}; workdirs and the store live under `root`."""
   root = pathlib.Path(root)
   start = time.time()
-  build_store(root, num_train, num_val)
+  train, val = build_store(root, num_train, num_val)
   common = {'train.batch_size': batch, 'train.num_devices': num_devices}
   result = {}
   paths = (root / 'store', root / 'train.jsonl', root / 'val.jsonl')
@@ -60,6 +61,8 @@ def run(root, num_train: int, num_val: int, steps1: int, steps2: int, batch: int
         'init.stage1_workdir': str(root / f'{arm}_s1')}), str(root / f'{arm}_s2'))
     result[arm] = {'stage1': {k: s1[k] for k in REPORTED if k in s1},
                    'stage2': {k: s2[k] for k in REPORTED if k in s2}}
+  # What "chance" means here: a query-blind model that finds every planted span still has to guess among them.
+  result['query_blind_r1'] = {k: round(v, 2) for k, v in planted.query_blind_r1(val, train + val).items()}
   result['seconds'] = round(time.time() - start, 1)
   (root / 'learning_check.json').write_text(json.dumps(result, indent=2))
   return result
@@ -71,4 +74,8 @@ def table(result: dict) -> str:
     for stage in ('stage1', 'stage2'):
       rows.append(f'| {arm} | {stage} | ' + ' | '.join(str(result[arm][stage].get(k, '')) for k in REPORTED)
                   + ' |')
+  blind = result.get('query_blind_r1')
+  if blind:
+    rows.append(f"| query-blind ceiling (perfect span finder, random / longest span) | - | "
+                f"{blind['uniform']} / {blind['longest']} |" + ' |' * (len(REPORTED) - 1))
   return '\n'.join(rows)
