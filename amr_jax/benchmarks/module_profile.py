@@ -88,15 +88,21 @@ def run(suite: str = 'train1', batch: int = 32, dims: str = 'real', calls: int =
   tx = registry.make_tx(task, config, steps_per_epoch=100)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen_params=frozen,
                      opt_state=tx.init(params), bad_steps=jnp.zeros((), jnp.int32))
-  compiled = jax.jit(make_train_step(task, tx)).lower(state, dev, rng).compile()
+  result = profile_jitted(jax.jit(make_train_step(task, tx)), (state, dev, rng), calls)
+  return dict(suite=f'profile:{suite}', dims=dims, batch=batch, **result)
+
+
+def profile_jitted(jitted, args, calls: int = 3) -> dict:
+  """Traces `calls` calls of a jitted function: {'step_s', 'thunk_ms', 'by_module', 'by_kind'} (ms per call)."""
+  import time  # pylint: disable=import-outside-toplevel
+  compiled = jitted.lower(*args).compile()
   op_names = _instruction_op_names(compiled.as_text())
-  jax.block_until_ready(compiled(state, dev, rng))
+  jax.block_until_ready(compiled(*args))
   with tempfile.TemporaryDirectory() as trace_dir:
     jax.profiler.start_trace(trace_dir)
-    import time  # pylint: disable=import-outside-toplevel
     start = time.perf_counter()
     for _ in range(calls):
-      jax.block_until_ready(compiled(state, dev, rng))
+      jax.block_until_ready(compiled(*args))
     step_s = (time.perf_counter() - start) / calls
     jax.profiler.stop_trace()
     trace_file = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]
@@ -108,8 +114,7 @@ def run(suite: str = 'train1', batch: int = 32, dims: str = 'real', calls: int =
     ms = event['dur'] / 1000 / calls
     by_module[_module_of(op_names.get(event['name'], ''))] += ms
     by_kind[_kind_of(event['name'])] += ms
-  total = sum(by_kind.values())
-  return dict(suite=f'profile:{suite}', dims=dims, batch=batch, step_s=step_s, thunk_ms=total,
+  return dict(step_s=step_s, thunk_ms=sum(by_kind.values()),
               by_module={k: round(v, 1) for k, v in by_module.most_common()},
               by_kind={k: round(v, 1) for k, v in by_kind.most_common()})
 
