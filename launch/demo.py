@@ -22,7 +22,6 @@ _BATCH = flags.DEFINE_integer('batch', 32, 'Global batch of every training run (
 _MINE_STEPS = flags.DEFINE_integer('mine_steps', 150, 'Steps of each Boost fold model.')
 _PLOTS = flags.DEFINE_integer('plots', 6, 'Per-query plots written.')
 
-ANN = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'annotations' / 'qvhighlights'
 
 
 _LAST_BANNER = [time.time()]
@@ -44,15 +43,16 @@ def main(argv):
   from amr_jax import mining  # pylint: disable=import-outside-toplevel
   from amr_jax.eval import api as eval_api, plots  # pylint: disable=import-outside-toplevel
   from amr_jax.predictor import Predictor  # pylint: disable=import-outside-toplevel
-  from amr_jax.train import loop  # pylint: disable=import-outside-toplevel
+  from amr_jax.train import learning_check, loop  # pylint: disable=import-outside-toplevel
   from configs import amr_mine, amr_stage1, amr_stage2  # pylint: disable=import-outside-toplevel
 
   t_start = time.time()
   out = pathlib.Path(_WORKDIR.value)
   data_dir = out / 'data'
   data_dir.mkdir(parents=True, exist_ok=True)
-  train = annotations.load_annotations(ANN / 'highlight_train_release.jsonl')[:_NUM_TRAIN.value]
-  val = annotations.load_annotations(ANN / 'highlight_val_release.jsonl')[:_NUM_VAL.value]
+  qvh = learning_check.ANNOTATIONS  # the shipped QVHighlights annotations
+  train = annotations.load_annotations(qvh / 'highlight_train_release.jsonl')[:_NUM_TRAIN.value]
+  val = annotations.load_annotations(qvh / 'highlight_val_release.jsonl')[:_NUM_VAL.value]
   train_path, val_path = data_dir / 'train.jsonl', data_dir / 'val.jsonl'
   annotations.write_jsonl(train, train_path)
   annotations.write_jsonl(val, val_path)
@@ -72,19 +72,9 @@ def main(argv):
     raise ValueError('\n'.join(str(p) for p in problems))
 
   def tiny(module, **overrides):
-    c = module.get_config('tiny')
-    overrides = {'train.batch_size': _BATCH.value, **overrides}
-    with c.unlocked():
-      c.data.feature_dir = str(store_dir)
-      c.data.train_annotations = str(train_path)
-      c.data.val_annotations = str(val_path)
-      for k, v in overrides.items():
-        node = c
-        *path, leaf = k.split('.')
-        for p in path:
-          node = node[p]
-        node[leaf] = v
-    return c
+    """configs/<module>.py:tiny on the demo's store and annotation files, at the demo's batch size."""
+    return learning_check.tiny_config(module.__name__.rsplit('.', 1)[-1], store_dir, train_path, val_path,
+                                      **{'train.batch_size': _BATCH.value, **overrides})
 
   mined_path = data_dir / 'train_with_wrong_spans.jsonl'
   banner('Boost: 2-fold wrong-span mining', f'launch/mine_wrong_spans.py --config=configs/amr_mine.py:tiny '

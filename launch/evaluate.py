@@ -13,6 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
   os.environ.setdefault(_var, '1')  # no BLAS here: skip starting (and spinning) its thread pool at numpy import
 
+# Same as amr_jax.eval.api.TASKS (tests/test_eval_cli.py checks it); kept here so flags parse before numpy loads.
 TASKS = ('qvh', 'qvm2', 'charades')
 FLAG_NAMES = ('task', 'submission', 'annotations', 'out')
 _HELP_FLAGS = ('-h', '-help', '--help', '-?', '--helpshort', '--helpfull', '--helpxml')

@@ -96,6 +96,14 @@ def test_cli_absl_forms_give_the_same_file(tmp_path):
   assert spaced.read_text() == fast.read_text()
 
 
+def test_cli_task_list_is_the_api_one():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('evaluate_cli', ROOT / 'launch' / 'evaluate.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.TASKS == api.TASKS
+
+
 def test_cli_missing_flag_and_extra_argument(tmp_path):
   proc = _evaluate_cli('--task=qvh', '--submission=a', f'--out={tmp_path / "m.json"}')
   assert proc.returncode == 1 and '--annotations' in proc.stderr and 'Traceback' not in proc.stderr

@@ -149,12 +149,12 @@ def run(suite: str, batch: int, dims: str = 'real', steps: int = 10, precision: 
     args = (state, gbatch, rng)
   compile_s, flops, times = time_calls(fn, args, steps)
   flops *= mesh.size  # XLA's cost analysis of an SPMD program counts one partition
-  parity = {}
+  extra = {}
   if suite == 'infer' and dims == 'real' and not config_path:
-    parity.update(val_pass(task, params, fn, spec, batch, mesh))
+    extra.update(val_pass(task, params, fn, spec, batch, mesh))
   if precision != 'fp32':  # the opt-in precision is reported with its error against float32 on the same inputs
-    parity = precision_parity(task, build_task(suite, dims, config_path, precision='fp32')[1],
-                              params, sharding.to_global(host_batch, mesh))
+    extra.update(precision_parity(task, build_task(suite, dims, config_path, precision='fp32')[1],
+                                  params, gbatch))
   median = statistics.median(times)
   peak = matmul_peak_gflops()
   achieved = flops / median / 1e9 if flops == flops else float('nan')
@@ -162,7 +162,7 @@ def run(suite: str, batch: int, dims: str = 'real', steps: int = 10, precision: 
               backend=jax.default_backend(), median_s=median, min_s=min(times), max_s=max(times),
               samples_per_s=batch / median, compile_s=compile_s, steps=steps, peak_rss_mb=peak_rss_mb(),
               gflop_per_step=flops / 1e9, achieved_gflops=achieved, matmul_peak_gflops=peak,
-              fraction_of_peak=achieved / peak if peak else float('nan'), **parity)
+              fraction_of_peak=achieved / peak if peak else float('nan'), **extra)
 
 
 def val_pass(task, params, eval_fn, spec: PadSpec, batch: int, mesh) -> dict:
@@ -170,13 +170,12 @@ def val_pass(task, params, eval_fn, spec: PadSpec, batch: int, mesh) -> dict:
   post-processing into submission rows, then the official metrics of those rows against the val labels.
 
   Features are one random batch reused for every step (reading them is the input suite's job)."""
-  import pathlib  # pylint: disable=import-outside-toplevel
+  from amr_jax.benchmarks.eval_suite import ANNOTATIONS  # pylint: disable=import-outside-toplevel
   from amr_jax.data import annotations  # pylint: disable=import-outside-toplevel
+  from amr_jax.data.records import CLIP_LEN_SEC  # pylint: disable=import-outside-toplevel
   from amr_jax.eval import api as eval_api  # pylint: disable=import-outside-toplevel
   from amr_jax.train import sharding  # pylint: disable=import-outside-toplevel
-  val_file = (pathlib.Path(__file__).resolve().parents[2] / 'data' / 'annotations' / 'qvhighlights'
-              / 'highlight_val_release.jsonl')
-  records = annotations.load_annotations(val_file)
+  records = annotations.load_annotations(ANNOTATIONS)
   gbatch = sharding.to_global(random_batch(batch, spec, seed=1), mesh)
   jax.block_until_ready(eval_fn(params, gbatch))  # compiled already; this only warms the call path
   start = time.perf_counter()
@@ -184,7 +183,8 @@ def val_pass(task, params, eval_fn, spec: PadSpec, batch: int, mesh) -> dict:
   for i in range(0, len(records), batch):
     chunk = records[i:i + batch]
     out = {k: np.asarray(v)[:len(chunk)] for k, v in eval_fn(params, gbatch).items()}
-    num_clips = [min(int((r.duration or 150.0) // 2), spec.max_v_l) for r in chunk]
+    full = spec.max_v_l * CLIP_LEN_SEC
+    num_clips = [min(int((r.duration or full) // CLIP_LEN_SEC), spec.max_v_l) for r in chunk]
     rows += task.postprocess(out, chunk, num_clips)
   predict_s = time.perf_counter() - start
   metrics = eval_api.evaluate('qvh', rows, [r.to_json() for r in records])

@@ -355,6 +355,19 @@ class PlantedSummary:
   qid_query_conflicts: List[int]
 
 
+def _group_records(records: Sequence[MomentRecord]):
+  """(query per qid, {vid: {qid: record}}, qids seen with two query strings); the first row of a qid wins."""
+  queries: Dict[int, str] = {}
+  conflicts = []
+  by_vid: Dict[str, Dict[int, MomentRecord]] = collections.OrderedDict()
+  for record in records:
+    if record.qid in queries and queries[record.qid] != record.query:
+      conflicts.append(record.qid)
+    queries.setdefault(record.qid, record.query)
+    by_vid.setdefault(record.vid, {}).setdefault(record.qid, record)
+  return queries, by_vid, conflicts
+
+
 def write_planted_store(records: Iterable[MomentRecord], out_dir: str, *, seed: int = 0, dims: str = "tiny",
                         layout: str = "qvh", max_v_l: int = 75) -> PlantedSummary:
   """Writes a planted store for every vid and qid of `records`.
@@ -377,14 +390,7 @@ def write_planted_store(records: Iterable[MomentRecord], out_dir: str, *, seed: 
   for part in list(spec.video_parts) + [spec.text_part]:
     os.makedirs(os.path.join(out_dir, part.subdir), exist_ok=True)
 
-  queries: Dict[int, str] = {}
-  conflicts = []
-  by_vid: Dict[str, Dict[int, MomentRecord]] = collections.OrderedDict()
-  for record in records:
-    if record.qid in queries and queries[record.qid] != record.query:
-      conflicts.append(record.qid)
-    queries.setdefault(record.qid, record.query)
-    by_vid.setdefault(record.vid, {}).setdefault(record.qid, record)
+  queries, by_vid, conflicts = _group_records(records)
   pool = sorted(set(queries.values()))
 
   num_true = num_distractors = 0
@@ -475,22 +481,17 @@ def query_blind_r1(records: Sequence[MomentRecord], store_records: Sequence[Mome
   longest spans (where a long window left no room for full-length distractors, the length gives it away). A
   shuffled-query control that learns to find planted spans but not to read the query sits at or below these.
   """
-  pool = sorted({r.query for r in store_records})
-  by_vid: Dict[str, Dict[int, MomentRecord]] = collections.defaultdict(dict)
-  for r in store_records:
-    by_vid[r.vid].setdefault(r.qid, r)
-
-  def iou(a, b):
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    return inter / (max(a[1], b[1]) - min(a[0], b[0]))
-
+  from amr_jax.eval.common import hull_iou  # pylint: disable=import-outside-toplevel  (the evaluator's R1 IoU)
+  queries, by_vid, _ = _group_records(store_records)
+  pool = sorted(set(queries.values()))   # the pool write_planted_store plans with
   uniform, longest = [], []
   for record in records:
     vid_records = [by_vid[record.vid][qid] for qid in sorted(by_vid[record.vid])]
     plants = plan_video(record.vid, vid_records, video_length(vid_records, max_v_l), pool, seed)
-    spans = [(p.first_clip * CLIP_LEN_SEC, (p.first_clip + len(p.strengths)) * CLIP_LEN_SEC) for p in plants]
-    hit = np.array([max(iou(s, w) for w in record.windows) >= 0.5 for s in spans])
-    lengths = np.array([s[1] - s[0] for s in spans])
+    spans = np.array([(p.first_clip, p.first_clip + len(p.strengths)) for p in plants], float) * CLIP_LEN_SEC
+    windows = np.asarray(record.windows, float)  # [W, 2]
+    hit = hull_iou(spans[:, None, 0], spans[:, None, 1], windows[None, :, 0], windows[None, :, 1]).max(1) >= 0.5
+    lengths = spans[:, 1] - spans[:, 0]
     uniform.append(hit.mean())
     longest.append(hit[lengths == lengths.max()].mean())
   return {'uniform': 100 * float(np.mean(uniform)), 'longest': 100 * float(np.mean(longest))}
