@@ -5,14 +5,23 @@ Tests never read the team's shared folder: everything they need is under tests/f
 import os
 import pathlib
 import sys
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent XLA cache for the test processes and the launch scripts they start (AMR_JAX_CACHE): the same tiny
+# steps compile in many tests (both learning arms, a killed run and its resume), and each compile takes 20-60 s.
+os.environ['AMR_JAX_CACHE'] = os.environ.get('AMR_JAX_TEST_CACHE') or os.path.join(tempfile.gettempdir(),
+                                                                                 'amr_jax_test_xla')
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
+
+from amr_jax import jax_setup  # noqa: E402
+
+jax_setup.enable_compilation_cache()
 
 FIXTURES = ROOT / 'tests' / 'fixtures'
 ANNOTATIONS = ROOT / 'data' / 'annotations'
