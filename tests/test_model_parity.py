@@ -247,3 +247,25 @@ def test_other_sizes_init_forward_and_dropout():
   np.testing.assert_array_equal(train_a, apply(params, k1, True)['pred_logits'])
   assert not np.allclose(train_a, apply(params, k2, True)['pred_logits'])
   assert not np.allclose(train_a, eval_out['pred_logits'])
+
+
+def test_folded_input_layernorm_matches_the_unfolded_one():
+  """Eval-mode LayerNorm->Linear folded into one matmul on the raw input: same numbers, also for inputs whose
+  mean is large against their spread (where x W' - mean s cancels)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from amr_jax.models import layers
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(3.0, 0.5, (4, 75, 600)), jnp.float32)  # mean 6 spreads away from 0
+  plain = layers.LinearLayer(32, dropout=0.5, relu=False)
+  folded = layers.LinearLayer(32, dropout=0.5, relu=False, fold_eval_layernorm=True)
+  params = plain.init(jax.random.key(0), x, train=False)
+  params = jax.tree.map(lambda p: p + 0.1 * jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  want = plain.apply(params, x, train=False)
+  got = folded.apply(params, x, train=False)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * float(jnp.abs(want).max()))
+  # Train mode (dropout between the two) never folds.
+  rngs = {'dropout': jax.random.key(1)}
+  np.testing.assert_array_equal(folded.apply(params, x, train=True, rngs=rngs),
+                                plain.apply(params, x, train=True, rngs=rngs))

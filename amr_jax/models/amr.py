@@ -53,6 +53,8 @@ class AMRModelConfig:
     attention_impl: 'exact' (einsum+softmax) or 'jax' (`jax.nn.dot_product_attention` where possible).
     dropout_impl: dropout masks from 'hash' (counter hash, fast on CPU) or 'jax' (`jax.random.bernoulli`);
       see `layers.keep_mask`. PyTorch's dropout stream cannot be reproduced either way.
+    fold_eval_layernorm: in eval mode, the wide input projections (video 5378 -> d) fold their LayerNorm into
+      the Linear (`layers.folded_layernorm_linear`): same math, one pass over the widest tensor fewer.
   """
   hidden_dim: int = 256
   nheads: int = 8
@@ -80,6 +82,7 @@ class AMRModelConfig:
   fuser_mask_value: float = -1e30
   attention_impl: str = 'exact'
   dropout_impl: str = 'hash'
+  fold_eval_layernorm: bool = True
 
   def __post_init__(self):
     if self.stage not in STAGES:
@@ -172,7 +175,8 @@ class InputProjection(nn.Module):
     for i in range(cfg.n_input_proj):
       x = layers.LinearLayer(cfg.hidden_dim, self.dropout, relu=i < cfg.n_input_proj - 1,
                              layer_norm_eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
-                             dropout_impl=cfg.dropout_impl, name=f'layers_{i}')(x, train=train)
+                             dropout_impl=cfg.dropout_impl, fold_eval_layernorm=cfg.fold_eval_layernorm,
+                             name=f'layers_{i}')(x, train=train)
     return x
 
 
