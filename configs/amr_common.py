@@ -24,7 +24,7 @@ def model_config(tiny: bool = False) -> ml_collections.ConfigDict:
   m.stage = 'pretrain'      # 'pretrain' (stage 1) or 'distill' (stage 2: 2 query passes, active FFNs)
   m.precision = 'fp32'      # 'fp32' or 'bf16' (opt-in bfloat16 matmuls)
   m.dropout_impl = 'hash'   # 'hash' (counter-hash masks, ~30x cheaper on CPU) or 'jax' (jax.random.bernoulli)
-  m.fold_eval_layernorm = True  # eval: the video input LayerNorm folded into its Linear (same math, ~15% faster)
+  m.fold_eval_layernorm = True  # eval: wide input LayerNorms folded into their Linear (same math, ~15% faster)
   return m
 
 

@@ -249,23 +249,29 @@ def test_other_sizes_init_forward_and_dropout():
   assert not np.allclose(train_a, eval_out['pred_logits'])
 
 
-def test_folded_input_layernorm_matches_the_unfolded_one():
+def test_folded_input_layernorm_matches_the_unfolded_one(monkeypatch):
   """Eval-mode LayerNorm->Linear folded into one matmul on the raw input: same numbers, also for inputs whose
   mean is large against their spread (where x W' - mean s cancels)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   from amr_jax.models import layers
+  calls = []
+  fold = layers.folded_layernorm_linear
+  monkeypatch.setattr(layers, 'folded_layernorm_linear', lambda *a: calls.append(1) or fold(*a))
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(3.0, 0.5, (4, 75, 600)), jnp.float32)  # mean 6 spreads away from 0
+  x = jnp.asarray(rng.normal(3.0, 0.5, (4, 75, 600)), jnp.float32)  # mean = 6x the spread
   plain = layers.LinearLayer(32, dropout=0.5, relu=False)
   folded = layers.LinearLayer(32, dropout=0.5, relu=False, fold_eval_layernorm=True)
   params = plain.init(jax.random.key(0), x, train=False)
   params = jax.tree.map(lambda p: p + 0.1 * jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
   want = plain.apply(params, x, train=False)
+  assert not calls
   got = folded.apply(params, x, train=False)
+  assert calls == [1]  # the folded path ran
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * float(jnp.abs(want).max()))
   # Train mode (dropout between the two) never folds.
   rngs = {'dropout': jax.random.key(1)}
   np.testing.assert_array_equal(folded.apply(params, x, train=True, rngs=rngs),
                                 plain.apply(params, x, train=True, rngs=rngs))
+  assert calls == [1]

@@ -53,8 +53,9 @@ class AMRModelConfig:
     attention_impl: 'exact' (einsum+softmax) or 'jax' (`jax.nn.dot_product_attention` where possible).
     dropout_impl: dropout masks from 'hash' (counter hash, fast on CPU) or 'jax' (`jax.random.bernoulli`);
       see `layers.keep_mask`. PyTorch's dropout stream cannot be reproduced either way.
-    fold_eval_layernorm: in eval mode, the wide input projections (video 5378 -> d) fold their LayerNorm into
-      the Linear (`layers.folded_layernorm_linear`): same math, one pass over the widest tensor fewer.
+    fold_eval_layernorm: in eval mode, the input projections whose input is wider than 4x hidden_dim (video
+      5378 and text 2048 at the real dims) fold their LayerNorm into the Linear (`layers.folded_layernorm_linear`):
+      same math, one pass over the widest tensors fewer.
   """
   hidden_dim: int = 256
   nheads: int = 8

@@ -184,6 +184,8 @@ class LinearLayer(nn.Module):
     relu: whether a ReLU follows the Linear.
     layer_norm_eps: LayerNorm epsilon.
     dtype: compute dtype.
+    dropout_impl: see `Dropout`.
+    fold_eval_layernorm: in eval mode, float32, for inputs wider than 4x `features`: `folded_layernorm_linear`.
   """
   features: int
   dropout: float
@@ -191,7 +193,6 @@ class LinearLayer(nn.Module):
   layer_norm_eps: float = 1e-5
   dtype: Any = jnp.float32
   dropout_impl: str = 'hash'
-
   fold_eval_layernorm: bool = False
 
   @nn.compact
