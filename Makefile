@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 
 .PHONY: venv demo test clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	@if [ -z "$(PY312)" ]; then echo "ERROR: Python 3.12 not found (looked for ~/.pyenv/versions/3.12.1/bin/python and python3.12 on PATH); jax 0.12 needs Python >= 3.12" >&2; exit 1; fi
 	@echo "creating $(VENV) from $(PY312)"
 	$(PY312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed

@@ -9,7 +9,6 @@ from configs import amr_common
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c = amr_common.base_config(arg)
-  c.task = 'amr'
   c.model.stage = 'pretrain'
   c.data.augment = 'none'
   c.data.val_annotations = ''

@@ -7,7 +7,7 @@ Trains on QVHighlights train, evaluates on QV-M² val with the QV-M² metrics (t
 """
 import ml_collections
 
-from configs import amr_common
+from configs import common
 
 
 def section(**fields) -> ml_collections.ConfigDict:
@@ -136,16 +136,17 @@ def postprocess_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  tiny = arg == 'tiny'
-  c = amr_common.base_config(arg)
-  del c['matcher'], c['mine']
-  c.task = 'flashmmr'
+  tiny = common.check_arg(arg) == 'tiny'
+  c = common.trainer_config(tiny, method='flashmmr', evals={'val': {'type': 'qvm2'}}, best_metric='val/MR-full-mAP')
   c.model = model_config(tiny)
   c.quirks = quirks_config()
   c.loss = loss_config()
   c.verifier = verifier_config(tiny)
   c.flashmmr = task_config()
   c.postprocess = postprocess_config()
+  c.data = common.moment_data_config()
+  c.predict = common.moment_predict_config()
+  c.predict.sliding_window = False   # FlashMMR predicts each video in one window (max_v_l clips), as the reference
   c.data.update(dict(
       train_annotations='data/annotations/qvhighlights/highlight_train_release.jsonl',
       val_annotations='data/annotations/qv-m2/val.jsonl',
@@ -153,7 +154,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       max_windows=32,        # >= the most GT windows of any QVH / QV-M² query (25): "all windows"
   ))
   # Script optimiser; the reference StepLR(400 epochs, 0.5) never fires within 150 epochs.
-  c.optim.update(dict(lr=5e-4, weight_decay=1e-4, grad_clip=0.1, lr_drop=400))
+  c.optim = section(lr=5e-4, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.1, lr_drop=400)
   c.train.num_epochs = 150
   c.train.batch_size = 16 if tiny else 64
   # Benchmark feature widths without TEF (launch/benchmark.py): SlowFast 2304 + CLIP 512; text CLIP 512.

@@ -52,18 +52,11 @@ class Split:
   # Optional sample generator for augmented splits: (index, rng) -> (record, video [L, Dv]).
   augmented: Optional[Callable[[int, np.random.Generator], tuple]] = None
   num_augmented: int = 0
-  infos: Optional[list] = None   # SpliceInfo per augmented sample (curriculum difficulty)
+  infos: Optional[list] = None   # per augmented sample: how it was made (AMR's curriculum reads it)
   text_of: Optional[dict] = None  # qid -> qid whose text features are used (shuffled-query control)
 
   def __len__(self):
     return self.num_augmented if self.augmented is not None else len(self.records)
-
-  def difficulty(self) -> np.ndarray:
-    """Per-sample difficulty in [0, 1] from the augmentation itself (amr_jax.curriculum)."""
-    if self.infos is None:
-      raise ValueError('the curriculum needs an augmented split (data.augment=splice_online)')
-    from amr_jax import curriculum  # pylint: disable=import-outside-toplevel
-    return curriculum.difficulties_from_infos(self.infos)
 
   def example(self, index: int, rng: np.random.Generator) -> dict:
     if self.augmented is not None:
@@ -124,19 +117,27 @@ def make_train_batch(split: Split, seed: int, step: int, global_batch: int, proc
   return stack_examples(examples)
 
 
-def train_dataset(split: Split, *, seed: int, global_batch: int, start_step: int, num_steps: int,
+def train_dataset(data, *, seed: int, global_batch: int, start_step: int, num_steps: int,
                   process_index: int = 0, process_count: int = 1, index_fn: Optional[Callable] = None,
                   prefetch: int = 2):
-  """tf.data over steps [start_step, num_steps): each element is this process's slice of one step."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  """tf.data over steps [start_step, num_steps): each element is this process's slice of one step.
+
+  `data` is any `amr_jax.task.TrainData`; `index_fn(step)` (its sample order, optional) gives the global indices.
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  (TF starts slowly; only training needs it)
   tf.config.set_visible_devices([], 'GPU')
-  probe = make_train_batch(split, seed, start_step, global_batch, process_index, process_count, index_fn)
+
+  def host_batch(step: int) -> dict:
+    indices = None if index_fn is None else index_fn(step)
+    return data.batch(seed, step, global_batch, process_index, process_count, indices=indices)
+
+  probe = host_batch(start_step)
   keys = sorted(probe)
   dtypes = [tf.as_dtype(probe[k].dtype) for k in keys]
   shapes = [probe[k].shape for k in keys]
 
   def build(step):
-    batch = make_train_batch(split, seed, int(step), global_batch, process_index, process_count, index_fn)
+    batch = host_batch(int(step))
     return [batch[k] for k in keys]
 
   def to_dict(step):

@@ -6,11 +6,9 @@ import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from launch import _cli  # noqa: E402
+from launch import _cli
 
 _SUITE = flags.DEFINE_enum('suite', 'train1', ['input', 'train1', 'train2', 'infer', 'eval', 'profile'],
                             'What to time (profile: train1 step time per module, from a profiler trace).')

@@ -1,20 +1,19 @@
 """Official MR/HD metrics of a submission jsonl: writes the official JSON and prints its brief block.
 
-Usage: launch/evaluate.py --task=qvh|qvm2|charades --submission=F --annotations=F --out=F
+Usage: launch/evaluate.py --task=TYPE --submission=F --annotations=F --out=F (TYPE: amr_jax/metrics/registry.py)
 Bad input (missing file, bad JSON line, validation problems) exits 1 with one line per problem on stderr.
 """
 import gc
 import json
 import os
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
   os.environ.setdefault(_var, '1')  # no BLAS here: skip starting (and spinning) its thread pool at numpy import
 
-# Same as amr_jax.eval.api.TASKS (tests/test_eval_cli.py checks it); kept here so flags parse before numpy loads.
-TASKS = ('qvh', 'qvm2', 'charades')
+from amr_jax.metrics import registry  # names only: no metric code (or numpy) is loaded before the flags parse
+
+TASKS = tuple(registry.names())
 FLAG_NAMES = ('task', 'submission', 'annotations', 'out')
 _HELP_FLAGS = ('-h', '-help', '--help', '-?', '--helpshort', '--helpfull', '--helpxml')
 
@@ -64,15 +63,10 @@ def _keep_freed_memory() -> None:
 
 
 def main(values: dict) -> int:
-  from amr_jax.eval import api, common  # pylint: disable=import-outside-toplevel
-  task = values['task']
-  submission_path, annotations_path = pathlib.Path(values['submission']), pathlib.Path(values['annotations'])
+  from amr_jax.metrics import common  # pylint: disable=import-outside-toplevel  (after flags: startup speed)
+  evaluator = registry.get(values['task'])
   try:
-    submission_rows, submission_lines = common.load_jsonl(submission_path)
-    gt_rows, gt_lines = common.load_jsonl(annotations_path)
-    result = api.evaluate(task, submission_rows, gt_rows, submission_name=submission_path.name,
-                          annotations_name=annotations_path.name, submission_lines=submission_lines,
-                          annotations_lines=gt_lines)
+    result = evaluator.evaluate_files(values['submission'], values['annotations'])
     common.write_json(values['out'], result)
   except common.SubmissionError as e:
     for problem in e.problems:  # every problem, one line each; nothing is written
@@ -81,7 +75,7 @@ def main(values: dict) -> int:
   except (common.InputError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  print(json.dumps(api.brief(task, result), indent=4))
+  print(json.dumps(evaluator.brief(result), indent=4))
   return 0
 
 

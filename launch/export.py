@@ -1,16 +1,13 @@
-"""Inference-only export of a training workdir's best checkpoint: orbax params + config.json.
+"""Inference-only export of a training workdir's best checkpoint: orbax params + config.json (any method).
 
-No optimiser state and no teacher; `predict.py --workdir=OUT` and `Predictor(OUT)` load it.
+No optimiser state and no teacher; `predict.py --workdir=OUT` and `Predictor(OUT)` load it with no data at hand.
 """
-import json
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from launch import _cli  # noqa: E402
+from amr_jax.train import checkpoints, registry
+from launch import _cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir.')
 _OUT = flags.DEFINE_string('out', None, 'Export directory.')
@@ -20,13 +17,12 @@ flags.mark_flags_as_required(['workdir', 'out'])
 
 def main(argv):
   del argv
-  from amr_jax.train import checkpoints, registry  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(_WORKDIR.value)
-  if not (workdir / 'config.json').exists():
-    raise FileNotFoundError(f'{workdir}: not a training workdir (no config.json)')
-  which = _WHICH.value if (workdir / _WHICH.value if _WHICH.value == 'best' else workdir).exists() else 'last'
+  saved = registry.read_saved(workdir)
+  registry.task_from_saved(workdir)   # the record must rebuild its task (method registered, dims present)
+  which = _WHICH.value if _WHICH.value == 'last' or (workdir / 'best').exists() else 'last'
   params = registry.load_trained_params(str(workdir), which=which)
-  checkpoints.save_export(_OUT.value, params, json.loads((workdir / 'config.json').read_text()))
+  checkpoints.save_export(_OUT.value, params, saved)
   print(f'exported the {which} checkpoint of {workdir} to {_OUT.value}')
 
 

@@ -5,12 +5,10 @@ The result loads with `predict.py --workdir=OUT` and `Predictor(OUT)`; torch is 
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import flags
+from ml_collections import config_flags
 
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from launch import _cli  # noqa: E402
+from launch import _cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/amr_stage1.py', 'Model config (stage from it).')
 _CKPT = flags.DEFINE_string('checkpoint', None, 'PyTorch .ckpt/.pth file or .npz of state_dict tensors.')
@@ -22,7 +20,7 @@ flags.mark_flags_as_required(['checkpoint', 'out'])
 def main(argv):
   del argv
   import json  # pylint: disable=import-outside-toplevel
-  from amr_jax.reference import torch_import  # pylint: disable=import-outside-toplevel
+  from amr_jax.projects.amr import torch_import  # pylint: disable=import-outside-toplevel
   from amr_jax.train import checkpoints  # pylint: disable=import-outside-toplevel
   state_dict = torch_import.read_state_dict(_CKPT.value)
   config = _CONFIG.value

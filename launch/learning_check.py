@@ -4,13 +4,11 @@ Usage: launch/learning_check.py --workdir=DIR [--num_train=7218 --num_val=1550 -
 """
 import json
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from launch import _cli  # noqa: E402
+from amr_jax.workflows import learning_check
+from launch import _cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Store, runs and learning_check.json go here.', required=True)
 _NUM_TRAIN = flags.DEFINE_integer('num_train', 7218, 'First N QVHighlights train queries (7218 = all).')
@@ -23,7 +21,7 @@ _DEVICES = flags.DEFINE_integer('devices', 1, 'Devices of the data mesh.')
 
 def main(argv):
   del argv
-  from amr_jax.train import learning_check  # pylint: disable=import-outside-toplevel
+
   result = learning_check.run(_WORKDIR.value, _NUM_TRAIN.value, _NUM_VAL.value, _STEPS1.value, _STEPS2.value,
                               _BATCH.value, _DEVICES.value)
   print(learning_check.table(result))

@@ -7,13 +7,11 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import app
+from absl import flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from amr_jax.data import annotations  # noqa: E402
-from amr_jax.data import planted  # noqa: E402
+from amr_jax.data import annotations
+from amr_jax.data import planted
 
 _ANNOTATIONS = flags.DEFINE_multi_string(
     "annotations", [], "Annotation file(s); repeat the flag or separate paths with commas.")

@@ -3,15 +3,13 @@
 Writes a jsonl like the training file with a `wrong_spans` field on every row (possibly empty).
 """
 import json
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import flags
+from ml_collections import config_flags
 
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from launch import _cli  # noqa: E402
+from amr_jax.data import annotations
+from amr_jax.workflows import boost_mining
+from launch import _cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Mining config (e.g. configs/amr_mine.py).',
                                           lock_config=True)
@@ -22,9 +20,7 @@ flags.mark_flags_as_required(['config', 'workdir', 'out'])
 
 def main(argv):
   del argv
-  from amr_jax import mining  # pylint: disable=import-outside-toplevel
-  from amr_jax.data import annotations  # pylint: disable=import-outside-toplevel
-  records, stats = mining.mine_wrong_spans(_CONFIG.value, _WORKDIR.value)
+  records, stats = boost_mining.mine_wrong_spans(_CONFIG.value, _WORKDIR.value)
   annotations.write_jsonl(records, _OUT.value)
   print(json.dumps(stats))
   print(f'wrote {len(records)} rows to {_OUT.value}')

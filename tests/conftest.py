@@ -59,7 +59,7 @@ def flat_items(result: dict, prefix: str = '') -> list:
 
 def tiny_config(module_name: str, store_dir, train_path, val_path, **overrides):
   """configs/<module_name>.py:tiny pointed at a planted store, with dotted-key overrides."""
-  from amr_jax.train import learning_check  # pylint: disable=import-outside-toplevel
+  from amr_jax.workflows import learning_check  # pylint: disable=import-outside-toplevel
   return learning_check.tiny_config(module_name, store_dir, train_path, val_path, **overrides)
 
 

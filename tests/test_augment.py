@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from amr_jax import augment
+from amr_jax.projects.amr import augment
 from amr_jax.data.records import MomentRecord
 
 SLOWFAST_DIM = 6

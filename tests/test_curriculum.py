@@ -5,8 +5,8 @@ Checks uniform = equal, early steps favour easy samples, the end is uniform, nor
 import numpy as np
 import pytest
 
-from amr_jax import curriculum
-from amr_jax.augment import SegmentPlacement, SpliceInfo
+from amr_jax.projects.amr import curriculum
+from amr_jax.projects.amr.augment import SegmentPlacement, SpliceInfo
 
 LINEAR = {"pacing": "linear", "start_frac": 0.2, "warm_frac": 0.5, "temperature": 0.05}
 

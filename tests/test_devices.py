@@ -16,7 +16,7 @@ def test_stage1_loss_and_gradients_8_devices_equal_1_device():
   config, task, spec = steps.build_task('train1', 'tiny', model_overrides=SHALLOW)
   host = steps.random_batch(8, spec)
   rng = jax.random.key(0, impl='rbg')
-  params = task.init_params(rng, {k: v[:1] for k, v in host.items()})
+  params = task.init_model_params(rng, {k: v[:1] for k, v in host.items()})
   results = {n: loss_and_grads_on(n, task, params, host, rng) for n in (1, 8)}
   assert_same_loss_and_grads(results[1], results[8])
 
@@ -27,8 +27,8 @@ def test_stage2_loss_and_gradients_8_devices_equal_1_device():
   host = steps.random_batch(8, spec, seed=1)
   rng = jax.random.key(0, impl='rbg')
   example = {k: v[:1] for k, v in host.items()}
-  student, teacher = task.stage2_from_stage1(task.init_params(jax.random.key(1, impl='rbg'), example),
-                                             task.init_params(rng, example), rng)
+  student, teacher = task.stage2_from_stage1(task.init_model_params(jax.random.key(1, impl='rbg'), example),
+                                             task.init_model_params(rng, example), rng)
   results = {n: loss_and_grads_on(n, task, student, host, rng, frozen=teacher) for n in (1, 8)}
   assert 'loss/loss_dill' in results[1][2]  # the teacher term is really in the loss
   assert_same_loss_and_grads(results[1], results[8])

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from amr_jax.models import layers
+from amr_jax.ops import layers
 from amr_jax.train import sharding
 
 

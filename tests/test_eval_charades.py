@@ -5,7 +5,7 @@ Also the standard-block rules on hand-made cases: list-order top-k, short lists,
 import json
 import pathlib
 
-from amr_jax.eval import api
+from amr_jax.metrics import api
 from conftest import flat_items
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

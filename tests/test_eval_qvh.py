@@ -8,8 +8,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from amr_jax.eval import api, common, qvh
-from amr_jax.eval.submission import prepare
+from amr_jax.metrics import api, common, qvh
+from amr_jax.metrics.submission import prepare
 from conftest import flat_items
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

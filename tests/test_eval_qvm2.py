@@ -7,8 +7,8 @@ import pathlib
 
 import numpy as np
 
-from amr_jax.eval import api, qvm2
-from amr_jax.eval.submission import prepare
+from amr_jax.metrics import api, qvm2
+from amr_jax.metrics.submission import prepare
 from conftest import flat_items
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from amr_jax import flashmmr_postprocess as post_lib
-from amr_jax.reference import flashmmr_check
-from amr_jax.reference import flashmmr_torch_names as names_lib
-from amr_jax.models.flashmmr import FlashMMRModelConfig
+from amr_jax.projects.flashmmr import postprocess as post_lib
+from amr_jax.projects.flashmmr import reference as flashmmr_check
+from amr_jax.projects.flashmmr import torch_names as names_lib
+from amr_jax.projects.flashmmr.model import FlashMMRModelConfig
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "flashmmr_reference")
 

@@ -14,8 +14,8 @@ from conftest import ANNOTATIONS, assert_same_loss_and_grads, loss_and_grads_on,
 from amr_jax.benchmarks import steps
 from amr_jax.data import annotations, planted
 from amr_jax.data.records import MomentRecord
-from amr_jax.models import flashmmr_verifier as verifier_lib
-from amr_jax.train import flashmmr_task as task_lib
+from amr_jax.projects.flashmmr import verifier as verifier_lib
+from amr_jax.projects.flashmmr import task as task_lib
 from data_pipelines import examples as examples_lib
 
 CONFIG = 'configs/flashmmr.py'
@@ -31,7 +31,7 @@ def test_flashmmr_loss_and_gradients_8_devices_equal_1_device():
   host['qid'] = np.array([0, 0, 1, 2, 3, 4, 5, 6])  # rows 0/1 share a video: one non-real negative
   host['src_vid'][1] = host['src_vid'][0]
   rng = jax.random.key(0, impl='rbg')
-  params = task.init_params(rng, {k: v[:1] for k, v in host.items()})
+  params = task.init_model_params(rng, {k: v[:1] for k, v in host.items()})
   results = {n: loss_and_grads_on(n, task, params, host, rng) for n in (1, 8)}
   aux = results[1][2]
   assert 'loss/loss_pv' in aux and 'loss/loss_repr' in aux and aux['loss/loss_pv'] > 0
@@ -129,10 +129,10 @@ def test_verifier_iou_correlation():
 def test_postprocess_rows_are_qvh_format():
   config, task, spec = steps.build_task('train1', 'tiny', CONFIG)
   host = steps.random_batch(2, spec)
-  params = task.init_params(jax.random.key(0), {k: v[:1] for k, v in host.items()})
+  params = task.init_model_params(jax.random.key(0), {k: v[:1] for k, v in host.items()})
   out = jax.device_get(jax.jit(task.eval_forward)(params, {k: jnp.asarray(v) for k, v in host.items()}))
   records = [MomentRecord(qid=i, vid=f'v{i}_0_32', query=f'q{i}', duration=32.0) for i in range(2)]
-  rows = task.postprocess(out, records, np.array([16, 16]))
+  rows = task.postprocess_records(out, records, np.array([16, 16]))
   for row, rec in zip(rows, records):
     assert (row['qid'], row['query'], row['vid']) == (rec.qid, rec.query, rec.vid)
     windows = np.asarray(row['pred_relevant_windows'])

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from amr_jax import flashmmr_losses as losses_lib
-from amr_jax import flashmmr_postprocess as post_lib
-from amr_jax.models import flashmmr as model_lib
-from amr_jax.models import flashmmr_verifier as verifier_lib
+from amr_jax.projects.flashmmr import losses as losses_lib
+from amr_jax.projects.flashmmr import postprocess as post_lib
+from amr_jax.projects.flashmmr import model as model_lib
+from amr_jax.projects.flashmmr import verifier as verifier_lib
 
 STRIDES = (1, 2, 4, 8)
 

@@ -7,7 +7,7 @@ import pytest
 
 from amr_jax.data import annotations, features, planted
 from amr_jax.data.records import MomentRecord
-from amr_jax.train import learning_check
+from amr_jax.workflows import learning_check
 
 NUM_TRAIN, NUM_VAL = 1000, 200
 STAGE1_STEPS, STAGE2_STEPS, BATCH = 400, 150, 32
@@ -58,7 +58,7 @@ def test_stage2_improves_on_stage1(runs):
 
 def test_sliding_window_finds_a_moment_in_the_last_third(runs, planted_small, tmp_path):
   """A 450 s video (225 clips = 3 x max_v_l): the planted moment at 380-400 s is found, windows stay in range."""
-  from amr_jax.predictor import Predictor
+  from amr_jax.train.predictor import Predictor
   del runs
   val = annotations.load_annotations(planted_small / 'val.jsonl')
   found = 0
@@ -70,7 +70,7 @@ def test_sliding_window_finds_a_moment_in_the_last_third(runs, planted_small, tm
   planted.write_planted_store(records, str(tmp_path / 'long'), seed=0, dims='tiny', max_v_l=225)
   store = features.FeatureStore(str(tmp_path / 'long'), max_v_l=225)
   predictor = Predictor(planted_small / 'real_s1', which='last')
-  rows = predictor.predict(records, store)
+  rows = predictor.predict_data(predictor.task.eval_data_from_records(records, store, with_labels=False))
   for row in rows:
     windows = np.array([w[:2] for w in row['pred_relevant_windows']])
     assert len(windows) and windows.min() >= 0 and windows.max() <= 450

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from amr_jax import losses
-from amr_jax import matcher
+from amr_jax.projects.amr import losses
+from amr_jax.projects.amr import matcher
 from configs import amr_common
 from tests.conftest import FIXTURES
 

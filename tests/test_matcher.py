@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from amr_jax import matcher
+from amr_jax.projects.amr import matcher
 from configs import amr_common
 from tests.conftest import FIXTURES
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from amr_jax.models.amr import AMR, AMRModelConfig
-from amr_jax.reference import fixture as fx
-from amr_jax.reference import torch_names
+from amr_jax.projects.amr.model import AMR, AMRModelConfig
+from amr_jax.projects.amr import fixture as fx
+from amr_jax.projects.amr import torch_names
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), 'fixtures', 'amr_reference')
 TOL = 1e-5
@@ -255,7 +255,7 @@ def test_folded_input_layernorm_matches_the_unfolded_one(monkeypatch):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from amr_jax.models import layers
+  from amr_jax.ops import layers
   calls = []
   fold = layers.folded_layernorm_linear
   monkeypatch.setattr(layers, 'folded_layernorm_linear', lambda *a: calls.append(1) or fold(*a))

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from amr_jax import optim
+from amr_jax.ops import optim
 from configs import amr_common
 from tests.conftest import FIXTURES
 

@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-from amr_jax.eval import plots
+from amr_jax.metrics import plots
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from amr_jax.models import amr as amr_lib
-from amr_jax.models import layers
-from amr_jax.reference import fixture as fx
+from amr_jax.projects.amr import model as amr_lib
+from amr_jax.ops import layers
+from amr_jax.projects.amr import fixture as fx
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), 'fixtures', 'amr_reference')
 

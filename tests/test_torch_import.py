@@ -18,8 +18,8 @@ def test_import_npz_roundtrip(tmp_path):
                          f'--out={out}', *size_flags],
                         cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  from amr_jax.reference import torch_names
-  from amr_jax.reference.fixture import load_fixture, model_config
+  from amr_jax.projects.amr import torch_names
+  from amr_jax.projects.amr.fixture import load_fixture, model_config
   from amr_jax.train import checkpoints
   params, saved = checkpoints.load_export(out)
   assert saved['dims'] == {'video_dim': 16, 'text_dim': 24}

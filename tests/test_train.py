@@ -124,7 +124,7 @@ def test_export_predicts_exactly_what_the_workdir_does(stage1_run, planted_qvh, 
   store_dir, _, val = planted_qvh
   workdir, _ = stage1_run
   from amr_jax.data import annotations, features
-  from amr_jax.predictor import Predictor
+  from amr_jax.train.predictor import Predictor
   out = tmp_path / 'export'
   proc = subprocess.run([sys.executable, str(ROOT / 'launch' / 'export.py'), f'--workdir={workdir}', f'--out={out}'],
                         cwd=ROOT, capture_output=True, text=True)
@@ -132,8 +132,9 @@ def test_export_predicts_exactly_what_the_workdir_does(stage1_run, planted_qvh, 
   assert not (out / 'checkpoints').exists() and (out / 'params').is_dir()
   records = annotations.load_annotations(val)[:8]
   store = features.FeatureStore(str(store_dir))
-  from_workdir = Predictor(workdir, which='best').predict(records, store)
-  from_export = Predictor(out).predict(records, store)
+  from_workdir, from_export = (
+      p.predict_data(p.task.eval_data_from_records(records, store, with_labels=False))
+      for p in (Predictor(workdir, which='best'), Predictor(out)))
   assert from_workdir == from_export
   for row, rec in zip(from_export, records):
     assert row['qid'] == rec.qid and len(row['pred_relevant_windows']) == 10

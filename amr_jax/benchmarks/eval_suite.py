@@ -33,7 +33,7 @@ def run(repeats: int = 15) -> dict:
   Steady state is measured: the evaluator's .pyc files are compiled first (as an installed package has them,
   also under PYTHONDONTWRITEBYTECODE) and one untimed run warms the page cache.
   """
-  from amr_jax.eval import api, common  # pylint: disable=import-outside-toplevel
+  from amr_jax.metrics import api, common  # pylint: disable=import-outside-toplevel
   compileall.compile_dir(ROOT / 'amr_jax' / 'eval', quiet=1)
   compileall.compile_file(ROOT / 'amr_jax' / '__init__.py', quiet=1)
   with tempfile.TemporaryDirectory() as tmp:

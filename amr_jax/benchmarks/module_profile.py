@@ -80,12 +80,12 @@ def run(suite: str = 'train1', batch: int = 32, dims: str = 'real', calls: int =
   host = steps.random_batch(batch, spec)
   dev = jax.device_put(host)
   rng = jax.random.key(0, impl='rbg')
-  params = task.init_params(rng, {k: v[:1] for k, v in host.items()})
+  params = task.init_model_params(rng, {k: v[:1] for k, v in host.items()})
   frozen = None
-  if task.needs_teacher:
-    params, frozen = task.stage2_from_stage1(params, task.init_params(rng, {k: v[:1] for k, v in host.items()}),
+  if task.config.model.get('stage') == 'distill':
+    params, frozen = task.stage2_from_stage1(params, task.init_model_params(rng, {k: v[:1] for k, v in host.items()}),
                                              rng)
-  tx = registry.make_tx(task, config, steps_per_epoch=100)
+  tx = task.optimizer(100, 0)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen_params=frozen,
                      opt_state=tx.init(params), bad_steps=jnp.zeros((), jnp.int32))
   result = profile_jitted(jax.jit(make_train_step(task, tx)), (state, dev, rng), calls)

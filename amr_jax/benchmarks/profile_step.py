@@ -9,7 +9,7 @@ import statistics
 import jax
 import jax.numpy as jnp
 
-from amr_jax import losses as amr_losses
+from amr_jax.projects.amr import losses as amr_losses
 from amr_jax.benchmarks import steps
 from amr_jax.train import registry
 from amr_jax.train.state import TrainState, make_train_step
@@ -25,7 +25,7 @@ def run(batch: int = 32, dims: str = 'real', repeats: int = 5, suite: str = 'tra
   host = steps.random_batch(batch, spec)
   dev = jax.device_put(host)
   rng = jax.random.key(0, impl='rbg')
-  params = task.init_params(rng, {k: v[:1] for k, v in host.items()})
+  params = task.init_model_params(rng, {k: v[:1] for k, v in host.items()})
 
   def forward(p, b, r):
     return task.apply(p, b, train=True, rng=r)
@@ -46,7 +46,7 @@ def run(batch: int = 32, dims: str = 'real', repeats: int = 5, suite: str = 'tra
   def loss_full(p, b, r):
     return task.loss(p, None, b, r, train=True)[0]
 
-  tx = registry.make_tx(task, config, steps_per_epoch=100)
+  tx = task.optimizer(100, 0)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen_params=None,
                      opt_state=tx.init(params), bad_steps=jnp.zeros((), jnp.int32))
   pieces = {

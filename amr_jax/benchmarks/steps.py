@@ -100,7 +100,7 @@ def build_task(suite: str, dims: str, config_path: str = '', precision: str = 'f
   """
   import importlib.util  # pylint: disable=import-outside-toplevel
   from configs import amr_stage1, amr_stage2  # pylint: disable=import-outside-toplevel
-  from amr_jax.train.registry import get_task  # pylint: disable=import-outside-toplevel
+  from amr_jax.train import registry
   arg = 'tiny' if dims == 'tiny' else ''
   if config_path:
     spec = importlib.util.spec_from_file_location('bench_config', config_path)
@@ -118,7 +118,7 @@ def build_task(suite: str, dims: str, config_path: str = '', precision: str = 'f
   spec = PadSpec(max_v_l=config.data.max_v_l if dims == 'real' else 16,
                  max_q_l=config.data.max_q_l if dims == 'real' else 8,
                  max_windows=config.data.max_windows, video_dim=d['video_dim'], text_dim=d['text_dim'])
-  return config, get_task(config, d['video_dim'] + 2, d['text_dim']), spec
+  return config, registry.make_task(config, {'video_dim': d['video_dim'], 'text_dim': d['text_dim']}), spec
 
 
 def run(suite: str, batch: int, dims: str = 'real', steps: int = 10, precision: str = 'fp32',
@@ -131,15 +131,15 @@ def run(suite: str, batch: int, dims: str = 'real', steps: int = 10, precision: 
   mesh = sharding.make_mesh(num_devices)
   gbatch = sharding.to_global(host_batch, mesh)
   rng = jax.random.key(0, impl='rbg')
-  params = task.init_params(rng, {k: v[:1] for k, v in host_batch.items()})
+  params = task.init_model_params(rng, {k: v[:1] for k, v in host_batch.items()})
   if suite == 'infer':
     fn = jax.jit(task.eval_forward)
     args = (params, gbatch)
   else:
-    tx = registry.make_tx(task, config, steps_per_epoch=100)
+    tx = task.optimizer(100, 0)
     frozen = None
-    if task.needs_teacher:
-      params, frozen = task.stage2_from_stage1(params, task.init_params(rng, {k: v[:1] for k, v in
+    if task.config.model.get('stage') == 'distill':
+      params, frozen = task.stage2_from_stage1(params, task.init_model_params(rng, {k: v[:1] for k, v in
                                                                              host_batch.items()}), rng)
     from amr_jax.train.state import TrainState  # pylint: disable=import-outside-toplevel
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen_params=frozen,
@@ -173,7 +173,7 @@ def val_pass(task, params, eval_fn, spec: PadSpec, batch: int, mesh) -> dict:
   from amr_jax.benchmarks.eval_suite import ANNOTATIONS  # pylint: disable=import-outside-toplevel
   from amr_jax.data import annotations  # pylint: disable=import-outside-toplevel
   from amr_jax.data.records import CLIP_LEN_SEC  # pylint: disable=import-outside-toplevel
-  from amr_jax.eval import api as eval_api  # pylint: disable=import-outside-toplevel
+  from amr_jax.metrics import api as eval_api  # pylint: disable=import-outside-toplevel
   from amr_jax.train import sharding  # pylint: disable=import-outside-toplevel
   records = annotations.load_annotations(ANNOTATIONS)
   gbatch = sharding.to_global(random_batch(batch, spec, seed=1), mesh)
@@ -185,7 +185,7 @@ def val_pass(task, params, eval_fn, spec: PadSpec, batch: int, mesh) -> dict:
     out = {k: np.asarray(v)[:len(chunk)] for k, v in eval_fn(params, gbatch).items()}
     full = spec.max_v_l * CLIP_LEN_SEC
     num_clips = [min(int((r.duration or full) // CLIP_LEN_SEC), spec.max_v_l) for r in chunk]
-    rows += task.postprocess(out, chunk, num_clips)
+    rows += task.postprocess_records(out, chunk, num_clips)
   predict_s = time.perf_counter() - start
   metrics = eval_api.evaluate('qvh', rows, [r.to_json() for r in records])
   total_s = time.perf_counter() - start

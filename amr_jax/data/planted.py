@@ -481,7 +481,7 @@ def query_blind_r1(records: Sequence[MomentRecord], store_records: Sequence[Mome
   longest spans (where a long window left no room for full-length distractors, the length gives it away). A
   shuffled-query control that learns to find planted spans but not to read the query sits at or below these.
   """
-  from amr_jax.eval.common import hull_iou  # pylint: disable=import-outside-toplevel  (the evaluator's R1 IoU)
+  from amr_jax.metrics.common import hull_iou  # pylint: disable=import-outside-toplevel  (the evaluator's R1 IoU)
   queries, by_vid, _ = _group_records(store_records)
   pool = sorted(set(queries.values()))   # the pool write_planted_store plans with
   uniform, longest = [], []

@@ -1,67 +1,63 @@
-"""Model registry and stage wiring: task construction, optimiser, initial state, sampling order.
+"""Methods by name: `config.method` -> its task class, imported by module name (big_vision's importlib style).
 
-Adding a model = a task class (init/loss/eval_forward/postprocess), a config, and one entry in TASKS.
+A method is registered by one line in METHODS ('name': 'module'); a dotted name is imported as given (tests).
 """
 from __future__ import annotations
 
+import importlib
+import json
 import pathlib
-from typing import Any, Callable, Optional
+from typing import Optional
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+import ml_collections
 
-from amr_jax import optim as optim_lib
+from amr_jax import task as task_lib
 from amr_jax.train import checkpoints as ckpt_lib
-from amr_jax.train.state import TrainState
+
+# name -> module that defines `TASK` (a amr_jax.task.Task subclass). Strings only: nothing is imported here.
+METHODS = {
+    'amr': 'amr_jax.projects.amr.task',
+    'flashmmr': 'amr_jax.projects.flashmmr.task',
+}
 
 
-def _amr_task(config, video_dim, text_dim):
-  from amr_jax.train.amr_task import AMRTask  # pylint: disable=import-outside-toplevel
-  return AMRTask(config, video_dim, text_dim)
+def method_name(config) -> str:
+  return config.get('method', None) or config.get('task', 'amr')
 
 
-def _flashmmr_task(config, video_dim, text_dim):
-  from amr_jax.train.flashmmr_task import FlashMMRTask  # pylint: disable=import-outside-toplevel
-  return FlashMMRTask(config, video_dim, text_dim)
+def task_class(name: str) -> type:
+  """The Task subclass of a registered method name, or of a dotted module path that defines TASK."""
+  module_name = METHODS.get(name, name if '.' in name else None)
+  if module_name is None:
+    raise ValueError(f'unknown method {name!r}; registered: {", ".join(sorted(METHODS))} '
+                     '(or a dotted module path defining TASK)')
+  cls = getattr(importlib.import_module(module_name), 'TASK', None)
+  if not (isinstance(cls, type) and issubclass(cls, task_lib.Task)):
+    raise ValueError(f'module {module_name} defines no TASK (a amr_jax.task.Task subclass)')
+  return cls
 
 
-TASKS: dict[str, Callable] = {'amr': _amr_task, 'flashmmr': _flashmmr_task}
+def make_task(config, dims: Optional[dict] = None) -> task_lib.Task:
+  return task_class(method_name(config))(config, dims)
 
 
-def get_task(config, video_dim: int, text_dim: int):
-  name = config.get('task', 'amr')
-  if name not in TASKS:
-    raise ValueError(f'unknown task {name!r}; known: {sorted(TASKS)}')
-  return TASKS[name](config, video_dim, text_dim)
+def read_saved(path) -> dict:
+  """The record (`config.json`) of a training workdir or export: {'run', 'dims', 'task'}."""
+  path = pathlib.Path(path)
+  record = path / 'config.json'
+  if not record.exists():
+    raise FileNotFoundError(f'{path}: not a training workdir or export (no config.json)')
+  try:
+    return json.loads(record.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{record}: not valid JSON ({e.msg} at line {e.lineno})') from None
 
 
-def make_tx(task, config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Clip + AdamW with the StepLR schedule; params that get no gradient are frozen through optax."""
-  schedule = optim_lib.step_lr_schedule(config.optim.lr, config.optim.lr_drop, steps_per_epoch)
-  return optim_lib.make_optimizer(config.optim, task.trainable_mask_fn, lr_schedule=schedule)
-
-
-def init_state(task, config, tx, example_batch: dict, mesh) -> TrainState:
-  """Fresh state (stage 1) or student/teacher from the stage-1 run (stage 2), replicated on the mesh."""
-  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch = {k: jnp.asarray(v[:1]) for k, v in example_batch.items()}
-  rng = jax.random.key(config.seed)
-  params = task.init_params(rng, batch)
-  frozen = None
-  if task.needs_teacher:
-    src = config.init.stage1_workdir
-    if not src:
-      raise ValueError('stage 2 needs --config.init.stage1_workdir (the stage-1 run to distil from)')
-    stage1_params = load_trained_params(src)
-    params, frozen = task.stage2_from_stage1(stage1_params, params, jax.random.fold_in(rng, 2))
-
-  def create(params, frozen):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen_params=frozen,
-                      opt_state=tx.init(params), bad_steps=jnp.zeros((), jnp.int32))
-
-  return jax.jit(create, out_shardings=repl)(params, frozen)
+def task_from_saved(path) -> task_lib.Task:
+  """Rebuilds the task of a workdir or export from its record alone (no data files needed)."""
+  saved = read_saved(path)
+  config = ml_collections.ConfigDict(saved['run'])
+  return make_task(config, saved['dims'])
 
 
 def load_trained_params(workdir: str, which: str = 'last'):
@@ -69,24 +65,15 @@ def load_trained_params(workdir: str, which: str = 'last'):
   path = pathlib.Path(workdir)
   if (path / 'config.json').exists() and (path / 'params').exists():
     return ckpt_lib.load_export(path)[0]
+  if which == 'best' and not (path / 'best').exists():
+    which = 'last'
   sub = path / ('checkpoints' if which == 'last' else 'best')
   state, _, _ = ckpt_lib.restore_params_only(sub)
   return state['params']
 
 
-def index_fn(task, config, split, global_batch: int, num_steps: int) -> Optional[Callable]:
-  """Sample order: None = uniform shuffled epochs (reference); 'easy_to_hard' = the curriculum."""
-  if config.data.curriculum == 'none':
-    return None
-  if config.data.curriculum != 'easy_to_hard':
-    raise ValueError(f'unknown data.curriculum {config.data.curriculum!r}')
-  from amr_jax import curriculum  # pylint: disable=import-outside-toplevel
-  from data_pipelines.batches import seeded_rng  # pylint: disable=import-outside-toplevel
-  difficulty = split.difficulty()
-  cfg = config.data.curriculum_schedule.to_dict()
-
-  def indices(step: int) -> np.ndarray:
-    weights = curriculum.sampling_weights(difficulty, step, num_steps, cfg)
-    return curriculum.sample_indices(weights, global_batch, seeded_rng(config.seed, 'curriculum', step))
-
-  return indices
+def reference_module(name: str) -> str:
+  """The parity checker of a method: `<its package>.reference`, defining run_check(fixture_dir) -> (lines, ok)."""
+  if name not in METHODS:
+    raise ValueError(f'unknown method {name!r}; registered: {", ".join(sorted(METHODS))}')
+  return METHODS[name].rsplit('.', 1)[0] + '.reference'

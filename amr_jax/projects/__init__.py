@@ -1,0 +1,1 @@
+"""Per-method project packages (model, losses, task, configs glue)."""

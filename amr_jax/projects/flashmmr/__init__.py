@@ -1,0 +1,1 @@
+"""FlashMMR with its post-verification head: model, verifier, losses, post-processing, task, checker."""
