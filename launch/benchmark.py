@@ -3,12 +3,14 @@
 Prints human-readable lines, then as the LAST line one JSON object (suite, median_s, samples_per_s, ...).
 """
 import json
-import pathlib
-import sys
 
 from absl import flags
 
 from launch import _cli
+from amr_jax.benchmarks import eval_suite
+from amr_jax.benchmarks import module_profile
+from amr_jax.benchmarks import input_suite
+from amr_jax.benchmarks import steps
 
 _SUITE = flags.DEFINE_enum('suite', 'train1', ['input', 'train1', 'train2', 'infer', 'eval', 'profile'],
                             'What to time (profile: train1 step time per module, from a profiler trace).')
@@ -23,17 +25,13 @@ _CONFIG = flags.DEFINE_string('config', '', 'Model config file (default: the AMR
 def main(argv):
   del argv
   if _SUITE.value == 'eval':
-    from amr_jax.benchmarks import eval_suite  # pylint: disable=import-outside-toplevel
     result = eval_suite.run(repeats=max(_STEPS.value, 15))  # the process time varies: take the median of many
   elif _SUITE.value == 'profile':
-    from amr_jax.benchmarks import module_profile  # pylint: disable=import-outside-toplevel
     result = module_profile.run('train1', batch=_BATCH.value, dims=_DIMS.value)
     print(module_profile.table(result))
   elif _SUITE.value == 'input':
-    from amr_jax.benchmarks import input_suite  # pylint: disable=import-outside-toplevel
     result = input_suite.run(batch=_BATCH.value, dims=_DIMS.value, steps=_STEPS.value)
   else:
-    from amr_jax.benchmarks import steps  # pylint: disable=import-outside-toplevel
     result = steps.run(_SUITE.value, _BATCH.value, _DIMS.value, _STEPS.value, _PRECISION.value,
                        _DEVICES.value or None, config_path=_CONFIG.value)
   for k, v in result.items():

@@ -2,12 +2,13 @@
 
 The result loads with `predict.py --workdir=OUT` and `Predictor(OUT)`; torch is optional (only for .ckpt).
 """
-import pathlib
-import sys
+import json
 
 from absl import flags
 from ml_collections import config_flags
 
+from amr_jax.projects.amr import torch_import
+from amr_jax.train import checkpoints
 from launch import _cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/amr_stage1.py', 'Model config (stage from it).')
@@ -19,13 +20,10 @@ flags.mark_flags_as_required(['checkpoint', 'out'])
 
 def main(argv):
   del argv
-  import json  # pylint: disable=import-outside-toplevel
-  from amr_jax.projects.amr import torch_import  # pylint: disable=import-outside-toplevel
-  from amr_jax.train import checkpoints  # pylint: disable=import-outside-toplevel
   state_dict = torch_import.read_state_dict(_CKPT.value)
   config = _CONFIG.value
   params, dims = torch_import.state_dict_to_params(state_dict, config)
-  saved = {'run': json.loads(config.to_json_best_effort()), 'dims': dims}
+  saved = {'run': json.loads(config.to_json_best_effort()), 'dims': dims, 'task': 'amr'}
   checkpoints.save_export(_OUT.value, params, saved)
   print(f'imported {len(state_dict)} tensors from {_CKPT.value} into {_OUT.value} (dims {dims})')
 

@@ -3,7 +3,6 @@
 Usage: launch/learning_check.py --workdir=DIR [--num_train=7218 --num_val=1550 --steps1=N --steps2=N --batch=32]
 """
 import json
-import pathlib
 
 from absl import flags
 

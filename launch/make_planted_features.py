@@ -3,7 +3,6 @@
 Usage: launch/make_planted_features.py --annotations=F [--annotations=G ...] --out=DIR [--dims=tiny|real]
 [--seed=N] [--layout=qvh|lighthouse]. See docs/PLANTED.md for what the features contain.
 """
-import pathlib
 import sys
 import time
 

@@ -4,7 +4,6 @@ Usage: launch/validate_data.py --annotations=F --features=DIR [--config=configs/
 Exit 0 when clean (or with --drop_bad after writing the kept rows), 1 otherwise.
 """
 import importlib.util
-import pathlib
 import sys
 import time
 

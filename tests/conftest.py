@@ -1,10 +1,9 @@
-"""Test setup: 8 simulated CPU devices (before jax starts), repo root on sys.path, shared fixtures.
+"""Test setup: 8 simulated CPU devices (before jax starts), one XLA cache, shared fixtures.
 
 Tests never read the team's shared folder: everything they need is under tests/fixtures and data/.
 """
 import os
 import pathlib
-import sys
 import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
@@ -15,7 +14,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ['AMR_JAX_CACHE'] = os.environ.get('AMR_JAX_TEST_CACHE') or os.path.join(tempfile.gettempdir(),
                                                                                  'amr_jax_test_xla')
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from amr_jax.metrics import api, common
+import json
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SUBMISSION = ROOT / 'tests' / 'fixtures' / 'eval' / 'qvh_val_preds_A.jsonl'
@@ -33,7 +35,6 @@ def run(repeats: int = 15) -> dict:
   Steady state is measured: the evaluator's .pyc files are compiled first (as an installed package has them,
   also under PYTHONDONTWRITEBYTECODE) and one untimed run warms the page cache.
   """
-  from amr_jax.metrics import api, common  # pylint: disable=import-outside-toplevel
   compileall.compile_dir(ROOT / 'amr_jax' / 'eval', quiet=1)
   compileall.compile_file(ROOT / 'amr_jax' / '__init__.py', quiet=1)
   with tempfile.TemporaryDirectory() as tmp:
@@ -61,6 +62,4 @@ def run(repeats: int = 15) -> dict:
 
 
 if __name__ == '__main__':
-  import json  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, str(ROOT))
   print(json.dumps(run(), indent=2))

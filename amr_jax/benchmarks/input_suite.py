@@ -13,6 +13,7 @@ import time
 from amr_jax.data import annotations, features, planted
 from data_pipelines import batches
 from data_pipelines.examples import PadSpec
+from amr_jax.projects.amr import augment
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TRAIN = ROOT / 'data' / 'annotations' / 'qvhighlights' / 'highlight_train_release.jsonl'
@@ -36,7 +37,6 @@ def run(batch: int = 32, dims: str = 'real', steps: int = 10, num_queries: int =
   for mode in ('plain', 'splice_online'):
     split = batches.Split(records=records, cache=cache, spec=spec)
     if mode == 'splice_online':
-      from amr_jax.projects.amr import augment  # pylint: disable=import-outside-toplevel
       split.augmented, split.num_augmented, split.infos = augment.make_online_sampler(
           records, cache.video, seed=0, passes=2)
     ds = batches.train_dataset(split, seed=0, global_batch=batch, start_step=0, num_steps=steps * 5 + 2)

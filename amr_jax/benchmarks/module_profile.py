@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from amr_jax.benchmarks import steps
+from amr_jax.train.state import TrainState, make_train_step
+import time
 
 _SKIP = ('$', 'Thunk', 'Pjit', 'Common', 'SlinkyThreadPool')
 
@@ -74,8 +76,6 @@ def _kind_of(thunk_name: str) -> str:
 
 def run(suite: str = 'train1', batch: int = 32, dims: str = 'real', calls: int = 3) -> dict:
   """Traces `calls` steps; returns {'step_s', 'thunk_ms', 'by_module': {..: ms}, 'by_kind': {..: ms}}."""
-  from amr_jax.train import registry  # pylint: disable=import-outside-toplevel
-  from amr_jax.train.state import TrainState, make_train_step  # pylint: disable=import-outside-toplevel
   config, task, spec = steps.build_task(suite, dims)
   host = steps.random_batch(batch, spec)
   dev = jax.device_put(host)
@@ -94,7 +94,6 @@ def run(suite: str = 'train1', batch: int = 32, dims: str = 'real', calls: int =
 
 def profile_jitted(jitted, args, calls: int = 3) -> dict:
   """Traces `calls` calls of a jitted function: {'step_s', 'thunk_ms', 'by_module', 'by_kind'} (ms per call)."""
-  import time  # pylint: disable=import-outside-toplevel
   compiled = jitted.lower(*args).compile()
   op_names = _instruction_op_names(compiled.as_text())
   jax.block_until_ready(compiled(*args))

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 
 from amr_jax.projects.amr import losses as amr_losses
 from amr_jax.benchmarks import steps
-from amr_jax.train import registry
 from amr_jax.train.state import TrainState, make_train_step
 
 

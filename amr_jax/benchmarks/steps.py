@@ -5,6 +5,7 @@ Warm-up (compile) is timed separately; then >= 10 timed calls with block_until_r
 from __future__ import annotations
 
 import resource
+import importlib.util
 import statistics
 import time
 
@@ -12,6 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amr_jax.benchmarks.eval_suite import ANNOTATIONS
+from amr_jax.data import annotations
+from amr_jax.data.records import CLIP_LEN_SEC
+from amr_jax.metrics import api as eval_api
+from amr_jax.train import registry, sharding
+from amr_jax.train.state import TrainState, make_train_step
+from configs import amr_stage1, amr_stage2
 from data_pipelines.examples import PadSpec
 
 REAL_DIMS = dict(video_dim=2304 + 3072, text_dim=2048)
@@ -98,9 +106,6 @@ def build_task(suite: str, dims: str, config_path: str = '', precision: str = 'f
 
   `model_overrides` ({key: value} of `config.model`) lets tests use a shallower net of the same kind.
   """
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  from configs import amr_stage1, amr_stage2  # pylint: disable=import-outside-toplevel
-  from amr_jax.train import registry
   arg = 'tiny' if dims == 'tiny' else ''
   if config_path:
     spec = importlib.util.spec_from_file_location('bench_config', config_path)
@@ -124,8 +129,6 @@ def build_task(suite: str, dims: str, config_path: str = '', precision: str = 'f
 def run(suite: str, batch: int, dims: str = 'real', steps: int = 10, precision: str = 'fp32',
         num_devices: int | None = None, config_path: str = '') -> dict:
   """One suite; returns the result dict (the benchmark CLI prints it as its last line)."""
-  from amr_jax.train import registry, sharding  # pylint: disable=import-outside-toplevel
-  from amr_jax.train.state import make_train_step  # pylint: disable=import-outside-toplevel
   config, task, spec = build_task(suite, dims, config_path, precision=precision)
   host_batch = random_batch(batch, spec)
   mesh = sharding.make_mesh(num_devices)
@@ -141,7 +144,6 @@ def run(suite: str, batch: int, dims: str = 'real', steps: int = 10, precision: 
     if task.config.model.get('stage') == 'distill':
       params, frozen = task.stage2_from_stage1(params, task.init_model_params(rng, {k: v[:1] for k, v in
                                                                              host_batch.items()}), rng)
-    from amr_jax.train.state import TrainState  # pylint: disable=import-outside-toplevel
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen_params=frozen,
                        opt_state=tx.init(params), bad_steps=jnp.zeros((), jnp.int32))
     step = make_train_step(task, tx)
@@ -170,11 +172,6 @@ def val_pass(task, params, eval_fn, spec: PadSpec, batch: int, mesh) -> dict:
   post-processing into submission rows, then the official metrics of those rows against the val labels.
 
   Features are one random batch reused for every step (reading them is the input suite's job)."""
-  from amr_jax.benchmarks.eval_suite import ANNOTATIONS  # pylint: disable=import-outside-toplevel
-  from amr_jax.data import annotations  # pylint: disable=import-outside-toplevel
-  from amr_jax.data.records import CLIP_LEN_SEC  # pylint: disable=import-outside-toplevel
-  from amr_jax.metrics import api as eval_api  # pylint: disable=import-outside-toplevel
-  from amr_jax.train import sharding  # pylint: disable=import-outside-toplevel
   records = annotations.load_annotations(ANNOTATIONS)
   gbatch = sharding.to_global(random_batch(batch, spec, seed=1), mesh)
   jax.block_until_ready(eval_fn(params, gbatch))  # compiled already; this only warms the call path

@@ -18,6 +18,8 @@ import zipfile
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from amr_jax.ops import spans as spans_lib
 import scipy.signal
 
 from amr_jax.data.features import LAYOUTS, FeatureStore, l2_normalize
@@ -481,7 +483,6 @@ def query_blind_r1(records: Sequence[MomentRecord], store_records: Sequence[Mome
   longest spans (where a long window left no room for full-length distractors, the length gives it away). A
   shuffled-query control that learns to find planted spans but not to read the query sits at or below these.
   """
-  from amr_jax.metrics.common import hull_iou  # pylint: disable=import-outside-toplevel  (the evaluator's R1 IoU)
   queries, by_vid, _ = _group_records(store_records)
   pool = sorted(set(queries.values()))   # the pool write_planted_store plans with
   uniform, longest = [], []
@@ -490,7 +491,7 @@ def query_blind_r1(records: Sequence[MomentRecord], store_records: Sequence[Mome
     plants = plan_video(record.vid, vid_records, video_length(vid_records, max_v_l), pool, seed)
     spans = np.array([(p.first_clip, p.first_clip + len(p.strengths)) for p in plants], float) * CLIP_LEN_SEC
     windows = np.asarray(record.windows, float)  # [W, 2]
-    hit = hull_iou(spans[:, None, 0], spans[:, None, 1], windows[None, :, 0], windows[None, :, 1]).max(1) >= 0.5
+    hit = spans_lib.hull_iou(spans[:, None, 0], spans[:, None, 1], windows[None, :, 0], windows[None, :, 1]).max(1) >= 0.5
     lengths = spans[:, 1] - spans[:, 0]
     uniform.append(hit.mean())
     longest.append(hit[lengths == lengths.max()].mean())

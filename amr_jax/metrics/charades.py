@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from amr_jax.metrics import qvh
-from amr_jax.metrics.common import true_iou
+from amr_jax.ops.spans import true_iou
 from amr_jax.metrics.submission import Prepared
 
 STANDARD_THRESHOLDS = (0.3, 0.5, 0.7)

@@ -9,6 +9,7 @@ import pathlib
 
 import numpy as np
 
+
 CLIP_LENGTH_SEC = 2
 # The moment_detr thresholds: float(f"{e:.2f}") of linspace(0.5, 0.95, 10), i.e. the Python literals.
 MR_AP_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -81,23 +82,6 @@ def percent(fraction) -> float:
 def round2(value) -> float:
   """float(f"{v:.2f}") for a value that is already in percent."""
   return float(f'{value:.2f}')
-
-
-def true_iou(pred_st, pred_ed, gt_st, gt_ed) -> np.ndarray:
-  """Broadcast true IoU `inter / ((p_ed - p_st) + (g_ed - g_st) - inter)` in float64; 0 where the union is 0."""
-  inter = np.maximum(np.minimum(pred_ed, gt_ed) - np.maximum(pred_st, gt_st), 0.0)
-  union = (pred_ed - pred_st) + (gt_ed - gt_st) - inter
-  with np.errstate(divide='ignore', invalid='ignore'):
-    iou = inter / union
-  iou[np.isnan(iou)] = 0.0
-  return iou
-
-
-def hull_iou(pred_st, pred_ed, gt_st, gt_ed) -> np.ndarray:
-  """moment_detr's R1 IoU `inter / (max(ed) - min(st))` in float64; 0 where that hull length is 0."""
-  inter = np.maximum(0, np.minimum(pred_ed, gt_ed) - np.maximum(pred_st, gt_st))
-  hull = np.maximum(pred_ed, gt_ed) - np.minimum(pred_st, gt_st)
-  return np.divide(inter, hull, out=np.zeros_like(inter), where=hull != 0)
 
 
 def accumulate_rows(ufunc, array: np.ndarray, dtype=None) -> np.ndarray:

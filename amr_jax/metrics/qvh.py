@@ -24,8 +24,9 @@ import threading
 import numpy as np
 
 from amr_jax.metrics.common import (LENGTH_BUCKETS, MAX_PRED_WINDOWS_AP, MR_AP_THRESHOLDS, WindowTable,
-                                 accumulate_rows, exact_column_sums, hull_iou, percent, true_iou)
+                                    accumulate_rows, exact_column_sums, percent)
 from amr_jax.metrics.submission import Prepared
+from amr_jax.ops.spans import hull_iou, true_iou
 
 HL_MIN_SCORES = (('Fair', 2), ('Good', 3), ('VeryGood', 4))
 _NO_GT = -np.inf  # IoU of a padding GT slot: below every threshold, last in descending order

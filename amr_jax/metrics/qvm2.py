@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from amr_jax.metrics.common import LENGTH_BUCKETS, WindowTable, percent, round2, true_iou
+from amr_jax.metrics.common import LENGTH_BUCKETS, WindowTable, percent, round2
+from amr_jax.ops.spans import true_iou
 from amr_jax.metrics.qvh import average_precision_per_query, bucket_rows
 from amr_jax.metrics.submission import Prepared
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 
+from amr_jax.metrics.base import Evaluator
+
 # type name -> 'module:Class'. A method that brings a metric adds one line here (no import of it happens here).
 EVALUATORS = {
     'qvh': 'amr_jax.metrics.moment_evaluators:QVHEvaluator',
@@ -19,8 +21,9 @@ def names() -> list:
 
 
 def get(type_name: str, **options) -> Evaluator:
-  """The evaluator registered under `type_name`, constructed with `options`."""
-  if type_name not in EVALUATORS:
+  """The evaluator registered under `type_name` (or given as 'package.module:Class'), built with `options`."""
+  path = EVALUATORS.get(type_name, type_name if ':' in type_name else None)
+  if path is None:
     raise ValueError(f'unknown evaluator type {type_name!r}; known: {", ".join(names())}')
-  module_name, _, class_name = EVALUATORS[type_name].partition(':')
+  module_name, _, class_name = path.partition(':')
   return getattr(importlib.import_module(module_name), class_name)(**options)

@@ -20,15 +20,17 @@ def span_xx_to_cxw(span_xx):
   return jnp.stack([0.5 * (start + end), end - start], axis=-1)
 
 
-def temporal_iou_pairwise(spans1_xx, spans2_xx):
+def temporal_iou_pairwise(spans1_xx, spans2_xx, empty_union_iou=None):
   """IoU and union of every pair of (start, end) spans.
 
   Args:
     spans1_xx: [..., N, 2] spans (start, end).
     spans2_xx: [..., M, 2] spans (start, end).
+    empty_union_iou: None = `inter / union` with no epsilon (as the TR-DETR reference); a number = that value
+      where the union is empty, with a division that stays finite in the gradient too.
 
   Returns:
-    (iou, union), both [..., N, M]. The IoU is `inter / union` with no epsilon (as the reference).
+    (iou, union), both [..., N, M].
   """
   start1, end1 = spans1_xx[..., :, None, 0], spans1_xx[..., :, None, 1]  # [..., N, 1]
   start2, end2 = spans2_xx[..., None, :, 0], spans2_xx[..., None, :, 1]  # [..., 1, M]
@@ -36,7 +38,10 @@ def temporal_iou_pairwise(spans1_xx, spans2_xx):
   area2 = end2 - start2
   inter = jnp.maximum(jnp.minimum(end1, end2) - jnp.maximum(start1, start2), 0.0)  # [..., N, M]
   union = area1 + area2 - inter
-  return inter / union, union
+  if empty_union_iou is None:
+    return inter / union, union
+  nonempty = union > 0
+  return jnp.where(nonempty, inter / jnp.where(nonempty, union, 1.0), empty_union_iou), union
 
 
 def generalized_temporal_iou_pairwise(spans1_xx, spans2_xx):
@@ -116,3 +121,20 @@ def np_temporal_iou_pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   inter = np.clip(np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
   union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter
   return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def true_iou(pred_st, pred_ed, gt_st, gt_ed) -> np.ndarray:
+  """Broadcast true IoU `inter / ((p_ed - p_st) + (g_ed - g_st) - inter)` in float64; 0 where the union is 0."""
+  inter = np.maximum(np.minimum(pred_ed, gt_ed) - np.maximum(pred_st, gt_st), 0.0)
+  union = (pred_ed - pred_st) + (gt_ed - gt_st) - inter
+  with np.errstate(divide='ignore', invalid='ignore'):
+    iou = inter / union
+  iou[np.isnan(iou)] = 0.0
+  return iou
+
+
+def hull_iou(pred_st, pred_ed, gt_st, gt_ed) -> np.ndarray:
+  """moment_detr's R1 IoU `inter / (max(ed) - min(st))` in float64; 0 where that hull length is 0."""
+  inter = np.maximum(0, np.minimum(pred_ed, gt_ed) - np.maximum(pred_st, gt_st))
+  hull = np.maximum(pred_ed, gt_ed) - np.minimum(pred_st, gt_st)
+  return np.divide(inter, hull, out=np.zeros_like(inter), where=hull != 0)

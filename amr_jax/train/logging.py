@@ -57,5 +57,5 @@ class Progress:
       rate = (step - self._s0) / max(now - self._t0, 1e-9)
     eta = (self.total - step) / rate if rate == rate and rate > 0 else float('nan')
     eta_txt = f'{int(eta // 60):02d}:{int(eta % 60):02d}' if eta == eta else '--:--'
-    print(f'step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} step/s  ETA {eta_txt}', file=self.stream,
-          flush=True)
+    rate_txt = f'{rate:.2f} step/s' if rate == rate else 'rate after the next log'
+    print(f'step {step}/{self.total}  loss {loss:.4f}  {rate_txt}  ETA {eta_txt}', file=self.stream, flush=True)

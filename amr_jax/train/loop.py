@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from amr_jax.metrics import registry as eval_registry
 from amr_jax.train import checkpoints as ckpt_lib

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Optional
 
+import jax
+
 from amr_jax.train import inference, registry, sharding
 
 
@@ -25,9 +27,10 @@ class Predictor:
           if 'predict' not in self.config or key not in self.config.predict:
             raise ValueError(f'{path}: method {self.task.name!r} has no predict option {key!r}')
           self.config.predict[key] = value
-    self.params = registry.load_trained_params(str(path), which=which)
     self.batch_size = int(batch_size or self.task.default_eval_batch_size)
     self.mesh = sharding.make_mesh(num_devices)
+    self.params = jax.device_put(registry.load_trained_params(str(path), which=which),
+                                 sharding.replicated(self.mesh))
     self.run = inference.make_runner(self.mesh)
 
   def predict_data(self, data) -> Any:

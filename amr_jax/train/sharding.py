@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+import os
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -37,7 +38,6 @@ def maybe_initialize_distributed() -> None:
   Reads JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (set by our launcher, or by hand);
   on Cloud TPU and SLURM/Open MPI clusters `jax.distributed.initialize()` needs no arguments.
   """
-  import os  # pylint: disable=import-outside-toplevel
   if os.environ.get('JAX_NUM_PROCESSES') and int(os.environ['JAX_NUM_PROCESSES']) > 1:
     jax.distributed.initialize(
         coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],

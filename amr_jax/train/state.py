@@ -33,7 +33,7 @@ def make_train_step(task, tx: optax.GradientTransformation, inject_nan_at_step: 
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
     def loss_fn(params):
-      return task.loss(params, state.frozen_params, batch, rng, train=True)
+      return task.loss(params, state.frozen_params, batch, rng)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     if inject_nan_at_step >= 0:  # test hook: poison one step's loss and gradients

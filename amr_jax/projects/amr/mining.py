@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from amr_jax.data.records import CLIP_LEN_SEC, MomentRecord
+from amr_jax.ops import spans as spans_lib
 from data_pipelines.batches import seeded_rng
 
 
@@ -30,12 +31,6 @@ def snap_to_grid(st: float, ed: float, duration: float, grid: float = CLIP_LEN_S
   return s, e
 
 
-def iou_1d(a: tuple[float, float], b: tuple[float, float]) -> float:
-  inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-  union = (a[1] - a[0]) + (b[1] - b[0]) - inter
-  return inter / union if union > 0 else 0.0
-
-
 def wrong_spans_from_prediction(record: MomentRecord, pred_windows: Sequence[Sequence[float]], theta: float,
                                 max_per_query: int) -> list[list[float]]:
   """Score > theta, IoU 0 to every GT window (after snapping), non-empty, deduplicated, best first."""
@@ -47,7 +42,8 @@ def wrong_spans_from_prediction(record: MomentRecord, pred_windows: Sequence[Seq
     s, e = snap_to_grid(st, ed, duration)
     if e <= s or [s, e] in spans:
       continue
-    if any(iou_1d((s, e), tuple(g)) > 0 for g in record.windows):
+    if any(spans_lib.np_temporal_iou_pairwise(np.array([[s, e]]), np.array([g], float))[0, 0] > 0
+           for g in record.windows):
       continue
     spans.append([s, e])
     if len(spans) == max_per_query:

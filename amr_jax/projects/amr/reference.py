@@ -4,7 +4,6 @@ Groups: outputs + intermediates, matcher costs/indices, losses, gradients, post-
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import jax
@@ -19,6 +18,7 @@ from amr_jax.projects.amr import postprocess as predict_lib
 from amr_jax.projects.amr import fixture as fx
 from amr_jax.projects.amr import torch_names
 from amr_jax.projects.amr import config_sections
+from amr_jax.projects.amr.model import AMR
 
 TOL = 1e-5
 LOSS_KEYS = {'loss_span': 'span', 'loss_giou': 'giou', 'loss_label': 'label', 'loss_saliency': 'saliency',
@@ -142,7 +142,6 @@ def check_stage(report: Report, fixture: dict, stage: str) -> None:
   params_sd = s['params'] if stage == 'pretrain' else s['params_student']
   variables = fx.flax_variables(params_sd, cfg)
   inputs, want = s['inputs'], s['outputs']
-  from amr_jax.projects.amr.model import AMR  # pylint: disable=import-outside-toplevel
   model = AMR(cfg)
   batch = loss_batch(inputs)
 

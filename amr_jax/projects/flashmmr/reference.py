@@ -321,9 +321,9 @@ def _check_verifier(fixture_dir, verifier_cfg, tiny_config, per_query, nms_recor
 
   # Crop provenance: the fixture's rule (first 6 NMS-ranked windows with e − s > 0 per sample).
   samples = [int(s) for s in sorted(set(pv["crop_sample"].tolist()))]
-  per_sample = int(np.sum(pv["crop_sample"] == samples[0]))
   starts, ends, windows, scores, crops = [], [], [], [], []
   for s in samples:
+    per_sample = int(np.sum(pv["crop_sample"] == s))   # crops of this sample (ragged across samples)
     picked = [w for w in nms_records[s]["pred_relevant_windows"] if w[1] - w[0] > 0][:per_sample]
     win = np.asarray(picked, np.float32)
     st = np.array([round(float(w) * verifier_cfg.clips_per_second) for w in win[:, 0]], np.int64)
@@ -351,9 +351,15 @@ def _check_verifier(fixture_dir, verifier_cfg, tiny_config, per_query, nms_recor
 
   gt_by_sample = {s: _load_npz(os.path.join(fixture_dir, "inference_outputs.npz"))[f"sample{s}.relevant_windows_sec"]
                   for s in samples}
-  gt = np.stack([gt_by_sample[int(s)] for s in pv["crop_sample"]])  # [N, G, 2]
-  iou_hat = jax.vmap(lambda w, g: verifier_lib.max_iou_targets(w[None], g, jnp.ones(g.shape[0], bool))[0])(
-      jnp.asarray(pv["crop_window_sec"]), jnp.asarray(gt))
+  # GT counts differ between samples: pad every crop's GT to the largest count, with a validity mask.
+  max_gt = max(len(np.asarray(g).reshape(-1, 2)) for g in gt_by_sample.values())
+  gt = np.zeros((len(pv["crop_sample"]), max_gt, 2), np.float32)   # [N, G, 2]
+  gt_valid = np.zeros((len(pv["crop_sample"]), max_gt), bool)      # [N, G]
+  for i, s in enumerate(pv["crop_sample"]):
+    g = np.asarray(gt_by_sample[int(s)], np.float32).reshape(-1, 2)
+    gt[i, :len(g)], gt_valid[i, :len(g)] = g, True
+  iou_hat = jax.vmap(lambda w, g, v: verifier_lib.max_iou_targets(w[None], g, v)[0])(
+      jnp.asarray(pv["crop_window_sec"]), jnp.asarray(gt), jnp.asarray(gt_valid))
   rows.append(compare_arrays("pv.iou_hat", iou_hat, pv["iou_hat"]))
 
   def loss_fn(p, concat):

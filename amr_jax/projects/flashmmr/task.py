@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from typing import Optional, Sequence
 
 import jax
@@ -189,15 +188,23 @@ class FlashMMRTask(moment_task.MomentTask):
     self.model = FlashMMR(self.model_config)
     self.verifier = verifier_lib.PostVerificationGRU(self.verifier_config)
     self.clip_len = float(cfg.data.clip_len)
-    self._vid_table = None
-    if cfg.flashmmr.real_neg_source == 'annotations':
-      records = []
-      for paths in (cfg.data.train_annotations, cfg.data.val_annotations):
-        if paths:
-          records += ann_lib.load_many(paths)
-      self._vid_table = video_code_table(records)
-    elif cfg.flashmmr.real_neg_source not in ('features', 'none'):
+    self._vid_table = None   # set by train_data: the loss needs it, inference (and an export) does not
+    if cfg.flashmmr.real_neg_source not in ('annotations', 'features', 'none'):
       raise ValueError(f'unknown flashmmr.real_neg_source {cfg.flashmmr.real_neg_source!r}')
+
+  def train_data(self):
+    data = super().train_data()
+    if self.config.flashmmr.real_neg_source == 'annotations':
+      self._vid_table = self.load_video_table()
+    return data
+
+  def load_video_table(self):
+    """qid -> original-video code over the train + val annotation files (real_neg_source='annotations')."""
+    records = []
+    for paths in (self.config.data.train_annotations, self.config.data.val_annotations):
+      if paths:
+        records += ann_lib.load_many(paths)
+    return video_code_table(records)
 
   # -- parameters ---------------------------------------------------------------------------------
   def init_model_params(self, rng: jax.Array, batch: dict):
@@ -242,6 +249,8 @@ class FlashMMRTask(moment_task.MomentTask):
     fingerprint = jnp.einsum('bld,d->b', batch['src_vid'], weights)
     same = fingerprint == jnp.roll(fingerprint, -1)
     if source == 'annotations':
+      if self._vid_table is None:   # a loss outside train_data() (tests, benchmarks): read the files now
+        self._vid_table = self.load_video_table()
       qids, codes = self._vid_table
       qid = batch['qid'].astype(jnp.int32)
       if len(qids):

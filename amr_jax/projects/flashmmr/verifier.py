@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from amr_jax.projects.flashmmr.model import torch_bias_init, torch_linear_kernel_init
+from amr_jax.ops import spans
 
 Array = jax.Array
 
@@ -183,19 +184,8 @@ def crop_features(features: Array, start: Array, end: Array, max_crop_len: int) 
 
 
 def temporal_iou_matrix(windows: Array, gt_windows: Array) -> Array:
-  """tIoU of every window vs. every GT: inter / (len_a + len_b − inter); 0 where the union is 0.
-
-  Args:
-    windows: [N, 2].
-    gt_windows: [G, 2].
-
-  Returns:
-    [N, G].
-  """
-  inter = jnp.maximum(jnp.minimum(windows[:, None, 1], gt_windows[None, :, 1]) -
-                      jnp.maximum(windows[:, None, 0], gt_windows[None, :, 0]), 0.0)
-  union = (windows[:, 1] - windows[:, 0])[:, None] + (gt_windows[:, 1] - gt_windows[:, 0])[None, :] - inter
-  return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+  """[N, M] IoU of windows [N, 2] vs GT [M, 2] (seconds); 0 where the union is empty (shared ops.spans IoU)."""
+  return spans.temporal_iou_pairwise(windows, gt_windows, empty_union_iou=0.0)[0]
 
 
 def max_iou_targets(windows: Array, gt_windows: Array, gt_valid: Array) -> Array:
