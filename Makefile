@@ -4,7 +4,7 @@ PY312 ?= $(shell for p in "$$HOME/.pyenv/versions/3.12.1/bin/python" "$$(command
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test clean distclean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@if [ -z "$(PY312)" ]; then echo "ERROR: Python 3.12 not found (looked for ~/.pyenv/versions/3.12.1/bin/python and python3.12 on PATH); jax 0.12 needs Python >= 3.12" >&2; exit 1; fi
@@ -23,5 +23,8 @@ demo: venv
 test: venv
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile tests
 
-clean:
-	rm -rf $(VENV) demo_out
+clean:  ## the demo's outputs (make demo reuses finished phases otherwise)
+	rm -rf demo_out
+
+distclean: clean
+	rm -rf $(VENV)

@@ -61,20 +61,23 @@ def main(argv):
   max_v_l = _MAX_V_L.value or getattr(data, "max_v_l", None) or 75
   grid_sec = _GRID_SEC.value or getattr(data, "clip_len", None) or 2.0
   start = time.time()
-  try:
-    records = annotations.load_many(_ANNOTATIONS.value)
-  except (annotations.AnnotationError, OSError) as e:
-    _fail(str(e))
+  # Every unparsable row and every empty / missing file is a problem of its own, reported with the rest.
+  records, problems = validate.load_checked(_ANNOTATIONS.value)
+  unreadable = [p for p in problems if p.scope == validate.SCOPE_FILE and 'empty' not in p.message]
+  if unreadable:   # a missing / unreadable annotation file: nothing to check against the store
+    _fail('; '.join(str(p) for p in unreadable))
   try:
     store = features.FeatureStore(_FEATURES.value, max_v_l=max_v_l)
   except features.FeatureError as e:
     _fail(str(e))
-  problems = validate.validate(records, store, max_v_l=max_v_l, grid_sec=grid_sec)
+  problems += validate.validate(records, store, max_v_l=max_v_l, grid_sec=grid_sec)
   for problem in problems:
     print(problem)
   print(f"{validate.summarize(records, problems)} [{store.layout.name} store {store.root}, "
         f"{time.time() - start:.1f}s]")
   if _DROP_BAD.value:
+    if any(p.scope == validate.SCOPE_FILE for p in problems):
+      _fail("an annotation file gave no records (see above); --drop_bad cannot drop that")
     kept, dropped = validate.drop_bad(records, problems)
     try:
       annotations.write_jsonl(kept, _OUT.value)

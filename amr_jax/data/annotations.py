@@ -37,10 +37,11 @@ def _is_int(value: Any) -> bool:
 class _RowParser:
   """Checks the types of one jsonl row and builds its record; errors name file, line, qid and field."""
 
-  def __init__(self, path: str, line: int, row: Any):
+  def __init__(self, path: str, line: int, row: Any, with_labels: bool = True):
     self.path = path
     self.line = line
     self.row = row
+    self.with_labels = with_labels
     self.qid = row.get("qid") if isinstance(row, dict) else None
 
   def fail(self, field: str, message: str) -> AnnotationError:
@@ -114,11 +115,14 @@ class _RowParser:
     vid = self.str_value("vid")
     if not vid:
       raise self.fail("vid", "empty video id")
+    query, duration = self.str_value("query"), self.duration_value()
+    if not self.with_labels:  # predicting: label fields are neither parsed nor kept
+      return MomentRecord(qid=qid, vid=vid, query=query, duration=duration, source=self.path, line=self.line)
     return MomentRecord(
         qid=qid,
         vid=vid,
-        query=self.str_value("query"),
-        duration=self.duration_value(),
+        query=query,
+        duration=duration,
         windows=self.spans_value("relevant_windows") or (),
         relevant_clip_ids=self.clip_ids_value(),
         saliency_scores=self.saliency_value(),
@@ -127,23 +131,32 @@ class _RowParser:
         line=self.line)
 
 
-def _load_jsonl(path: str, lines: Iterable[str]) -> List[MomentRecord]:
+def _load_jsonl(path: str, lines: Iterable[str], errors: Optional[List[AnnotationError]] = None,
+                with_labels: bool = True) -> List[MomentRecord]:
+  """Rows of a jsonl file; a bad row raises, or with `errors` given is appended there and skipped."""
   records = []
   for line_no, text in enumerate(lines, start=1):
     if not text.strip():
       continue
     try:
-      row = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise AnnotationError(path, line_no, None, "row", f"invalid JSON ({e.msg} at column {e.colno})") from None
-    records.append(_RowParser(path, line_no, row).record())
+      try:
+        row = json.loads(text)
+      except json.JSONDecodeError as e:
+        raise AnnotationError(path, line_no, None, "row", f"invalid JSON ({e.msg} at column {e.colno})") from None
+      records.append(_RowParser(path, line_no, row, with_labels).record())
+    except AnnotationError as e:
+      if errors is None:
+        raise
+      errors.append(e)
   return records
 
 
-def _load_charades_txt(path: str, lines: Iterable[str]) -> List[MomentRecord]:
+def _load_charades_txt(path: str, lines: Iterable[str], errors: Optional[List[AnnotationError]] = None,
+                       with_labels: bool = True) -> List[MomentRecord]:
   """The TALL/2D-TAN form `VID start end##query`; qid = 0-based line index, duration unknown.
 
-  Rows with start >= end (4 in the original train file) are kept so that validation can report them.
+  Rows with start >= end (4 in the original train file) are kept so that validation can report them. A bad row
+  raises, or with `errors` given is appended there and skipped; with_labels=False ignores start/end.
   """
   records = []
   for line_no, text in enumerate(lines, start=1):
@@ -151,20 +164,27 @@ def _load_charades_txt(path: str, lines: Iterable[str]) -> List[MomentRecord]:
     if not text.strip():
       continue
     qid = line_no - 1
-    head, sep, query = text.partition("##")
-    if not sep:
-      raise AnnotationError(path, line_no, qid, "row", "expected 'VID start end##query'")
-    parts = head.split()
-    if len(parts) != 3:
-      raise AnnotationError(path, line_no, qid, "row", f"expected 'VID start end' before '##', got {head!r}")
-    vid, start_text, end_text = parts
     try:
-      start, end = float(start_text), float(end_text)
-    except ValueError:
-      raise AnnotationError(path, line_no, qid, "relevant_windows",
-                            f"start/end are not numbers: {start_text!r} {end_text!r}") from None
-    records.append(MomentRecord(qid=qid, vid=vid, query=query.strip(), duration=None,
-                                windows=((start, end),), source=path, line=line_no))
+      head, sep, query = text.partition("##")
+      if not sep:
+        raise AnnotationError(path, line_no, qid, "row", "expected 'VID start end##query'")
+      parts = head.split()
+      if len(parts) != 3:
+        raise AnnotationError(path, line_no, qid, "row", f"expected 'VID start end' before '##', got {head!r}")
+      vid, start_text, end_text = parts
+      windows = ()
+      if with_labels:
+        try:
+          windows = ((float(start_text), float(end_text)),)
+        except ValueError:
+          raise AnnotationError(path, line_no, qid, "relevant_windows",
+                                f"start/end are not numbers: {start_text!r} {end_text!r}") from None
+      records.append(MomentRecord(qid=qid, vid=vid, query=query.strip(), duration=None,
+                                  windows=windows, source=path, line=line_no))
+    except AnnotationError as e:
+      if errors is None:
+        raise
+      errors.append(e)
   return records
 
 
@@ -178,17 +198,21 @@ def detect_format(path: str, first_line: str) -> str:
   return "jsonl"
 
 
-def load_annotations(path: Union[str, os.PathLike]) -> List[MomentRecord]:
+def load_annotations(path: Union[str, os.PathLike], *, with_labels: bool = True,
+                     errors: Optional[List[AnnotationError]] = None) -> List[MomentRecord]:
   """Loads one annotation file (format auto-detected) into records, in file order.
 
   Args:
     path: a QVH-style jsonl (QVHighlights, QV-M², lighthouse Charades) or a Charades-STA txt file.
+    with_labels: False = predicting: the label fields (windows, clip ids, saliency, wrong spans) are not parsed,
+      so rows without (or with malformed) labels load.
+    errors: None = the first malformed row raises; a list = every malformed row is appended to it and skipped.
 
   Returns:
-    One `MomentRecord` per non-empty line; `source` is `path`, `line` is the 1-based line number.
+    One `MomentRecord` per non-empty, well-formed line; `source` is `path`, `line` is the 1-based line number.
 
   Raises:
-    AnnotationError: a row is malformed (the message names file, line, qid and field).
+    AnnotationError: a row is malformed (the message names file, line, qid and field), unless `errors` is given.
     OSError: the file cannot be read.
   """
   path = os.fspath(path)
@@ -196,8 +220,8 @@ def load_annotations(path: Union[str, os.PathLike]) -> List[MomentRecord]:
     lines = f.read().splitlines()
   first = next((line for line in lines if line.strip()), "")
   if detect_format(path, first) == "charades_txt":
-    return _load_charades_txt(path, lines)
-  return _load_jsonl(path, lines)
+    return _load_charades_txt(path, lines, errors, with_labels)
+  return _load_jsonl(path, lines, errors, with_labels)
 
 
 def split_paths(paths: PathOrPaths) -> List[str]:
@@ -210,11 +234,11 @@ def split_paths(paths: PathOrPaths) -> List[str]:
   return flat
 
 
-def load_many(paths: PathOrPaths) -> List[MomentRecord]:
+def load_many(paths: PathOrPaths, *, with_labels: bool = True) -> List[MomentRecord]:
   """Loads and concatenates several annotation files (comma-separated string or list), in the given order."""
   records = []
   for path in split_paths(paths):
-    records.extend(load_annotations(path))
+    records.extend(load_annotations(path, with_labels=with_labels))
   return records
 
 

@@ -224,6 +224,7 @@ class FeatureStore:
     self.video_parts: Tuple[FeaturePart, ...] = tuple(parts)
     self.text_part = self.layout.text_part
     self._part_shapes: Dict[str, Tuple[int, ...]] = {}
+    self._pinned_shapes: Dict[str, Tuple[int, ...]] = {}   # set by validation: widths of files that passed
 
   def __repr__(self) -> str:
     return f"FeatureStore({self.root!r}, layout={self.layout.name!r}, video_suffix={self.video_suffix!r})"
@@ -296,8 +297,23 @@ class FeatureStore:
 
   # --- widths ------------------------------------------------------------------------------------------------
 
+  def pin_part_shapes(self, shapes: Dict[str, Tuple[int, ...]]) -> None:
+    """Fixes the per-clip shape of parts (name -> shape without the length axis), e.g. from validated files.
+
+    `video_dim` / `text_dim` / `part_shapes()` then report these instead of sampling the first file listed.
+    """
+    for name, shape in shapes.items():
+      if shape is not None:
+        self._pinned_shapes[name] = tuple(int(n) for n in shape)
+
+  def pinned_shape(self, name: str) -> Optional[Tuple[int, ...]]:
+    """The shape `pin_part_shapes` fixed for part `name`, or None."""
+    return self._pinned_shapes.get(name)
+
   def _sample_shape(self, part: FeaturePart) -> Tuple[int, ...]:
-    """The per-clip shape (all axes but the first) of the first readable file of `part`."""
+    """The per-clip shape (all axes but the first) of `part`: pinned by validation, else the first readable file."""
+    if part.name in self._pinned_shapes:
+      return self._pinned_shapes[part.name]
     if part.name not in self._part_shapes:
       directory = self.part_dir(part)
       suffix = part.pattern.rsplit(".", 1)[-1]
@@ -326,11 +342,16 @@ class FeatureStore:
 
   @property
   def video_dim(self) -> int:
-    """Dv, the width of `video()` rows, read from the files."""
+    """Dv, the width of `video()` rows: from the validated files when validation ran, else the first file."""
     return int(sum(np.prod(self._sample_shape(p)) for p in self.video_parts))
 
   @property
   def text_dim(self) -> int:
-    """Dt, the width of `text()` rows, read from the files."""
+    """Dt, the width of `text()` rows: from the validated files when validation ran, else the first file."""
     return int(np.prod(self._sample_shape(self.text_part)))
+
+  def describe_width(self, kind: str) -> str:
+    """'slowfast 2304 + clip 4x768' ('video') or 'text 4x512' ('text'): how the width is made up."""
+    parts = self.video_parts if kind == "video" else (self.text_part,)
+    return " + ".join(f"{p.name} {'x'.join(str(n) for n in self._sample_shape(p))}" for p in parts)
 

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from amr_jax.data.annotations import AnnotationError, PathOrPaths, load_annotations, split_paths
 from amr_jax.data.features import FeatureError, FeaturePart, FeatureStore, read_array
 from amr_jax.data.records import CLIP_LEN_SEC, MomentRecord
 
@@ -22,6 +23,7 @@ SCOPE_RECORD = "record"   # one annotation row (file = annotation file, line > 0
 SCOPE_VIDEO = "video"     # a video feature file: every record of that vid is affected
 SCOPE_TEXT = "text"       # a text feature file: every record of that qid is affected
 SCOPE_STORE = "store"     # the store itself (a missing directory): every record is affected
+SCOPE_FILE = "file"       # an annotation file that gave no records (missing, unreadable, empty): nothing to drop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +65,11 @@ def _off_grid(x: float, grid: float) -> bool:
 class _RecordChecker:
   """Annotation-only checks of one record (no features needed)."""
 
-  def __init__(self, record: MomentRecord, grid_sec: float, problems: List[Problem]):
+  def __init__(self, record: MomentRecord, grid_sec: float, problems: List[Problem], with_labels: bool = True):
     self.record = record
     self.grid_sec = grid_sec
     self.problems = problems
+    self.with_labels = with_labels
 
   def add(self, field: str, message: str) -> None:
     r = self.record
@@ -97,6 +100,10 @@ class _RecordChecker:
       self.add("query", "empty query")
     if r.duration is not None and not (math.isfinite(r.duration) and r.duration > 0):
       self.add("duration", f"duration {r.duration} is not a positive number")
+    if not self.with_labels:  # predicting: labels are not needed, so they are not checked
+      return
+    if not r.windows:
+      self.add("relevant_windows", "no GT windows (training and evaluation need labels; predicting does not)")
     for i, window in enumerate(r.windows):
       self.check_span(f"relevant_windows[{i}]", window)
     if r.relevant_clip_ids is not None:
@@ -178,17 +185,56 @@ def _most_common(shapes: Iterable[Tuple[int, ...]]) -> Optional[Tuple[int, ...]]
   return counts.most_common(1)[0][0]
 
 
+def load_checked(paths: PathOrPaths, *, with_labels: bool = True) -> Tuple[List[MomentRecord], List[Problem]]:
+  """Loads annotation files without stopping at the first bad row: (the well-formed records, every problem).
+
+  Problems: each unparsable row (file + line, droppable: the row is simply not among the records), and each file
+  that is missing, unreadable or empty (scope 'file'). with_labels=False (predicting) does not parse labels.
+  Run `validate` on the records next and report both lists together.
+  """
+  records: List[MomentRecord] = []
+  problems: List[Problem] = []
+  files = split_paths(paths)
+  if not files:
+    problems.append(Problem("annotations", None, None, "file", "no annotation file given", scope=SCOPE_FILE))
+  for path in files:
+    errors: List[AnnotationError] = []
+    try:
+      rows = load_annotations(path, with_labels=with_labels, errors=errors)
+    except FileNotFoundError:
+      problems.append(Problem(path, None, None, "file", "missing file", scope=SCOPE_FILE))
+      continue
+    except IsADirectoryError:
+      problems.append(Problem(path, None, None, "file", "is a directory, not an annotation file", scope=SCOPE_FILE))
+      continue
+    except UnicodeDecodeError as e:
+      problems.append(Problem(path, None, None, "file", f"not UTF-8 text (bad byte at offset {e.start})",
+                              scope=SCOPE_FILE))
+      continue
+    except OSError as e:
+      problems.append(Problem(path, None, None, "file", f"unreadable ({e.strerror or e})", scope=SCOPE_FILE))
+      continue
+    problems.extend(Problem(e.path, e.qid, None, e.field, e.message, line=e.line, scope=SCOPE_RECORD)
+                    for e in errors)
+    if not rows and not errors:
+      problems.append(Problem(path, None, None, "file", "empty annotation file: no records", scope=SCOPE_FILE))
+    records.extend(rows)
+  return records, problems
+
+
 def validate(records: Sequence[MomentRecord], store: Optional[FeatureStore], *, max_v_l: int = 75,
-             grid_sec: float = 2.0, num_threads: int = 4) -> List[Problem]:
+             grid_sec: float = 2.0, num_threads: int = 4, with_labels: bool = True) -> List[Problem]:
   """Checks annotations against a feature store and returns every problem found (nothing is skipped).
 
-  Record checks: empty query; windows non-finite, negative, start >= end or past the duration; relevant_clip_ids
-  outside the windows; saliency rows that do not match the clip ids or leave 0..4; duplicate qids; wrong_spans
-  out of range, off the `grid_sec` grid or overlapping a GT window.
+  Record checks: empty query; no windows; windows non-finite, negative, start >= end or past the duration;
+  relevant_clip_ids outside the windows; saliency rows that do not match the clip ids or leave 0..4; duplicate
+  qids; wrong_spans out of range, off the `grid_sec` grid or overlapping a GT window; no records at all.
   Feature checks, per vid and qid: missing or unreadable file, wrong rank, a width that differs from the
-  store's (the most common one), NaN/Inf, empty arrays, and a video too short for its annotation: with L clips
-  after alignment (SlowFast cut to `max_v_l`), every window must end at or before L * 2 s (the end rounded up to
-  the 2 s clip grid must be a clip the video has), and every relevant clip id and wrong span must lie in it.
+  store's (the most common one, or the one an earlier validation pinned), NaN/Inf, empty arrays, and a video too
+  short for its annotation: with L clips after alignment (SlowFast cut to `max_v_l`), every window must end at or
+  before L * 2 s (the end rounded up to the 2 s clip grid must be a clip the video has), and every relevant clip
+  id and wrong span must lie in it. The store's widths are then pinned to the files that passed
+  (`store.video_dim` / `text_dim` no longer depend on which file a directory lists first).
 
   Args:
     records: the annotation records (from one or more files).
@@ -196,14 +242,19 @@ def validate(records: Sequence[MomentRecord], store: Optional[FeatureStore], *, 
     max_v_l: clips kept per video (as the pipeline keeps them).
     grid_sec: the grid wrong spans must lie on.
     num_threads: threads reading feature files.
+    with_labels: False = predicting: no label checks at all (rows without windows are fine, and GT windows past
+      the kept clips are ignored); the query, duration, qids and features are still checked.
 
   Returns:
     The problems, record problems first (in record order), then feature problems (in vid/qid order).
   """
   problems: List[Problem] = []
+  if not records:
+    problems.append(Problem("annotations", None, None, "records", "no annotation records to use (empty input)",
+                            scope=SCOPE_FILE))
   first_seen: Dict[int, MomentRecord] = {}
   for record in records:
-    _RecordChecker(record, grid_sec, problems).run()
+    _RecordChecker(record, grid_sec, problems, with_labels).run()
     if record.qid in first_seen:
       first = first_seen[record.qid]
       problems.append(Problem(record.source, record.qid, record.vid, "qid",
@@ -212,12 +263,13 @@ def validate(records: Sequence[MomentRecord], store: Optional[FeatureStore], *, 
       first_seen[record.qid] = record
   if store is None:
     return problems
-  problems.extend(_check_features(records, store, max_v_l=max_v_l, num_threads=num_threads))
+  problems.extend(_check_features(records, store, max_v_l=max_v_l, num_threads=num_threads,
+                                  with_labels=with_labels))
   return problems
 
 
 def _check_features(records: Sequence[MomentRecord], store: FeatureStore, *, max_v_l: int,
-                    num_threads: int) -> List[Problem]:
+                    num_threads: int, with_labels: bool = True) -> List[Problem]:
   problems: List[Problem] = []
   by_vid: Dict[str, List[MomentRecord]] = collections.OrderedDict()
   qids: Dict[int, MomentRecord] = collections.OrderedDict()
@@ -251,9 +303,12 @@ def _check_features(records: Sequence[MomentRecord], store: FeatureStore, *, max
   else:
     results = [run(job) for job in jobs]
 
-  # Widths must agree across the store: the most common per-clip shape of each part is the reference.
-  reference = {name: _most_common(r.shape[1:] for r in results if r.part.name == name and r.shape is not None)
+  # Widths must agree across the store: the width an earlier validation pinned, else the most common per-clip
+  # shape of each part, is the reference; the store then reports these widths (files that passed).
+  reference = {name: store.pinned_shape(name) or _most_common(r.shape[1:] for r in results
+                                                               if r.part.name == name and r.shape is not None)
                for name in {r.part.name for r in results}}
+  store.pin_part_shapes({name: shape for name, shape in reference.items() if shape is not None})
 
   lengths: Dict[str, Dict[str, int]] = collections.defaultdict(dict)
   video_broken = set()
@@ -272,6 +327,8 @@ def _check_features(records: Sequence[MomentRecord], store: FeatureStore, *, max
       else:
         lengths[vid][part.name] = result.shape[0]
 
+  if not with_labels:
+    return problems
   # Windows, clip ids and wrong spans must fit in the video's aligned length.
   for vid, vid_records in by_vid.items():
     if vid in video_broken or len(lengths[vid]) != len(store.video_parts):
@@ -302,8 +359,9 @@ def drop_bad(records: Sequence[MomentRecord],
              problems: Sequence[Problem]) -> Tuple[List[MomentRecord], List[MomentRecord]]:
   """Splits records into (kept, dropped): a record is dropped when any problem concerns it.
 
-  Record problems drop that row (file and line); video problems drop every record of the vid; text problems
-  every record of the qid; store problems drop everything.
+  Record problems drop that row (file and line; an unparsable row was never loaded); video problems drop every
+  record of the vid; text problems every record of the qid; store problems drop everything; file problems
+  (an empty or missing annotation file) drop nothing, as no record came from that file.
   """
   if any(p.scope == SCOPE_STORE for p in problems):
     return [], list(records)
@@ -317,6 +375,13 @@ def drop_bad(records: Sequence[MomentRecord],
   return kept, dropped
 
 
+def unparsed_rows(records: Sequence[MomentRecord], problems: Sequence[Problem]) -> List[Tuple[str, int]]:
+  """(file, line) of the rows `load_checked` could not parse (record problems that match no loaded record)."""
+  loaded = {(r.source, r.line) for r in records}
+  rows = {(p.file, p.line) for p in problems if p.scope == SCOPE_RECORD and p.line and (p.file, p.line) not in loaded}
+  return sorted(rows)
+
+
 def summarize(records: Sequence[MomentRecord], problems: Sequence[Problem]) -> str:
   """One line: how many problems, of which fields, and how many records they make unusable."""
   _, dropped = drop_bad(records, problems)
@@ -324,6 +389,36 @@ def summarize(records: Sequence[MomentRecord], problems: Sequence[Problem]) -> s
   fields = ", ".join(f"{name} {count}" for name, count in sorted(by_field.items()))
   videos = len({r.vid for r in records})
   queries = len({r.qid for r in records})
+  unparsed = len(unparsed_rows(records, problems))
   head = f"{len(problems)} problem(s)" if problems else "no problems"
-  detail = f" ({fields}); {len(dropped)} of {len(records)} records affected" if problems else ""
+  detail = ""
+  if problems:
+    detail = f" ({fields}); {len(dropped)} of {len(records)} records affected"
+    if unparsed:
+      detail += f", {unparsed} unparsable row(s) not loaded"
   return f"{head} in {len(records)} records, {videos} videos, {queries} queries{detail}"
+
+
+def check_widths(store: FeatureStore, expected_dims: Dict[str, int], *,
+                 expected_by: str = "the model") -> List[Problem]:
+  """Problems when the store's feature widths differ from `expected_dims` ({'video_dim', 'text_dim'}, no TEF).
+
+  For the predictor / exporter before any compute: each problem names the store, the expected and the found
+  width (and how the found one is made up), instead of a shape error deep inside the model.
+  """
+  problems: List[Problem] = []
+  for key, kind in (("video_dim", "video"), ("text_dim", "text")):
+    if expected_dims.get(key) is None:
+      continue
+    expected = int(expected_dims[key])
+    try:
+      found = store.video_dim if kind == "video" else store.text_dim
+      parts = store.describe_width(kind)
+    except FeatureError as e:
+      problems.append(Problem(e.path, None, None, e.field, e.message, scope=SCOPE_STORE))
+      continue
+    if found != expected:
+      problems.append(Problem(store.root, None, None, key,
+                              f"the store's {kind} features are {found} wide ({parts}), {expected_by} expects "
+                              f"{expected}: use the features the model was trained on", scope=SCOPE_STORE))
+  return problems

@@ -10,7 +10,6 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from amr_jax import task as task_lib
-from amr_jax.data import annotations as ann_lib
 from amr_jax.data import features as feat_lib
 from amr_jax.data import validate as validate_lib
 from data_pipelines import batches as batch_lib
@@ -28,20 +27,33 @@ def model_inputs(batch: dict) -> list:
   return [batch[k] for k in MODEL_INPUTS]
 
 
-def preflight(records, store, config, what: str, *, drop_bad: Optional[bool] = None):
-  """Validate every record against the store before any compute; report every problem at once."""
-  problems = validate_lib.validate(records, store, max_v_l=config.data.max_v_l)
+def preflight(records, store, config, what: str, *, load_problems=(), with_labels: bool = True,
+              drop_bad: Optional[bool] = None):
+  """Validate every record against the store before any compute; report every problem at once.
+
+  load_problems: what loading found (unparsable rows, empty or missing files); they are reported with the rest.
+  An empty or missing annotation file (scope 'file') cannot be dropped: the run stops with it.
+  """
+  problems = list(load_problems) + validate_lib.validate(records, store, max_v_l=store.max_v_l,
+                                                         with_labels=with_labels)
+  if not records and not problems:
+    problems.append(validate_lib.Problem(what, None, None, 'file', 'no records to use',
+                                         scope=validate_lib.SCOPE_FILE))
   if not problems:
     return records
-  if config.data.drop_bad if drop_bad is None else drop_bad:
+  drop = config.data.drop_bad if drop_bad is None else drop_bad
+  fatal = [p for p in problems if p.scope == validate_lib.SCOPE_FILE]
+  if drop and not fatal:
     kept, dropped = validate_lib.drop_bad(records, problems)
-    print(f'[{what}] dropped {len(dropped)} bad samples: ' + ', '.join(str(r.qid) for r in dropped[:20]),
-          file=sys.stderr)
+    unparsable = sum(1 for p in load_problems if p.scope == validate_lib.SCOPE_RECORD)
+    print(f'[{what}] dropped {len(dropped)} bad samples and {unparsable} unparsable rows: '
+          + ', '.join(str(r.qid) for r in dropped[:20]), file=sys.stderr)
     if not kept:
       raise DataError(f'{what}: every sample was dropped by validation')
     return kept
   lines = '\n'.join(str(p) for p in problems)
-  raise DataError(f'{what}: {len(problems)} data problem(s) (set --config.data.drop_bad=True to drop):\n' + lines)
+  hint = '' if fatal else ' (set --config.data.drop_bad=True to drop)'
+  raise DataError(f'{what}: {len(problems)} data problem(s){hint}:\n' + lines)
 
 
 class MomentTrainData(task_lib.TrainData):
@@ -164,14 +176,15 @@ class MomentTask(task_lib.Task):
       self.dims = {'video_dim': store.video_dim, 'text_dim': store.text_dim}
       self.build()
 
-  def load_records(self, paths: str, subset: int = 0):
-    records = ann_lib.load_many(paths)
-    return records[:subset] if subset else records
+  def load_records(self, paths: str, subset: int = 0, with_labels: bool = True):
+    """(records, loading problems): every row that parses, and one problem per row or file that does not."""
+    records, problems = validate_lib.load_checked(paths, with_labels=with_labels)
+    return (records[:subset] if subset else records), problems
 
   def train_data(self) -> MomentTrainData:
     store = self.open_store(self.config.data.feature_dir)
-    records = preflight(self.load_records(self.config.data.train_annotations, self.config.data.subset), store,
-                        self.config, 'train')
+    records, problems = self.load_records(self.config.data.train_annotations, self.config.data.subset)
+    records = preflight(records, store, self.config, 'train', load_problems=problems)
     self._learn_dims(store)
     cache = batch_lib.FeatureCache(store, records)
     split = batch_lib.Split(records=records, cache=cache, spec=self.pad_spec())
@@ -188,20 +201,23 @@ class MomentTask(task_lib.Task):
                 what: str = 'val') -> MomentEvalData:
     sliding = (not with_labels) and bool(self.config.get('predict', {}).get('sliding_window', False))
     store = self.open_store(feature_dir, max_v_l=10**9 if sliding else None)
-    records = self.load_records(annotations, subset)
-    return self.eval_data_from_records(records, store, with_labels=with_labels, what=what)
+    records, problems = self.load_records(annotations, subset, with_labels=with_labels)
+    return self.eval_data_from_records(records, store, with_labels=with_labels, what=what, load_problems=problems)
 
-  def eval_data_from_records(self, records, store, *, with_labels: bool = True, what: str = 'val'):
+  def eval_data_from_records(self, records, store, *, with_labels: bool = True, what: str = 'val',
+                             load_problems=()):
     predict_cfg = self.config.get('predict', {})
     sliding = (not with_labels) and bool(predict_cfg.get('sliding_window', False))
-    if with_labels:
-      records = preflight(records, store, self.config, what)
-    else:  # predicting needs no labels: only the query and the features are checked
+    problems = list(load_problems)
+    if self.dims:   # a trained model: the store must have its widths (named, before any compute)
+      problems += validate_lib.check_widths(store, self.dims, expected_by=f'the {self.name} model')
+      if problems and any(p.scope == validate_lib.SCOPE_STORE for p in problems):
+        raise DataError(f'{what}: ' + '\n'.join(str(p) for p in problems))
+    if not with_labels:  # predicting needs no labels: only the query and the features are checked
       records = [r.replace(windows=(), relevant_clip_ids=None, saliency_scores=None, wrong_spans=None)
                  for r in records]
-      problems = validate_lib.validate(records, store, max_v_l=store.max_v_l)
-      if problems:
-        raise DataError(f'{what}: {len(problems)} data problem(s):\n' + '\n'.join(str(p) for p in problems))
+    records = preflight(records, store, self.config, what, load_problems=problems, with_labels=with_labels,
+                        drop_bad=None if with_labels else False)
     self._learn_dims(store)
     return MomentEvalData(records, store, self.pad_spec(), with_labels=with_labels, sliding_window=sliding,
                           window_overlap=int(predict_cfg.get('window_overlap', 25)))

@@ -4,16 +4,20 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 
 from amr_jax.metrics import registry as eval_registry
 from amr_jax.train import checkpoints as ckpt_lib
 from amr_jax.train import inference, registry, sharding
+from amr_jax.train import workdir as workdir_lib
 from amr_jax.train.logging import MetricLogger, Progress
 from amr_jax.train.state import TrainState, make_train_step, params_digest
 from data_pipelines import batches as batch_lib
@@ -30,13 +34,6 @@ def rng_key(seed: int) -> jax.Array:
 
 def steps_per_epoch(n: int, global_batch: int) -> int:
   return max(n // global_batch, 1)
-
-
-def write_run_record(workdir: pathlib.Path, task) -> None:
-  """WORKDIR/config.json = what an export carries: the run config, the data dims, the method name."""
-  tmp = workdir / 'config.json.tmp'
-  tmp.write_text(json.dumps(task.export_payload(), indent=2, sort_keys=True))
-  tmp.replace(workdir / 'config.json')
 
 
 def init_state(task, tx, example_batch: dict, mesh, seed: int) -> TrainState:
@@ -81,21 +78,70 @@ class Evaluation:
     return scalars
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) one training run; returns the final metrics dict."""
+def _agree(flag: bool) -> bool:
+  """Process 0's decision, on every process (multi-host runs decide once)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(jnp.asarray(flag, jnp.int32)))
+
+
+def _checkpoint_digest(workdir: pathlib.Path) -> str:
+  return params_digest(registry.load_trained_params(str(workdir), which='last'))
+
+
+def _recorded_evals(workdir: pathlib.Path, config) -> dict:
+  """The last evaluation a finished run logged: its scalars as `evals`, the first evaluator's unprefixed."""
+  last = {}
+  path = workdir / 'metrics.jsonl'
+  if path.exists():
+    for line in path.read_text().splitlines():
+      row = json.loads(line)
+      if any('/' in k and not k.startswith(('loss/', 'model/', 'data/', 'verifier/')) for k in row if k != 'step'):
+        last = {k: v for k, v in row.items() if k != 'step'}
+  names = list(config.get('evals', {}).keys())
+  prefix = (names[0] + '/') if names else None
+  headline = {k[len(prefix):]: v for k, v in last.items() if prefix and k.startswith(prefix)}
+  return {**headline, 'evals': last}
+
+
+def train_and_evaluate(config, workdir: str, argv=None) -> dict:
+  """Runs, resumes or (already finished) skips one training run; returns the final metrics dict.
+
+  The workdir lifecycle (amr_jax/train/workdir.py): a lock held for the whole run, the config compared with the
+  recorded run before any data work (and the data dims after validation), config.json written only once the run
+  is accepted, every attempt logged in attempts.jsonl, state.json 'finished' with the digest at the end.
+  """
   sharding.maybe_initialize_distributed()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
+  run_config = workdir_lib.as_plain(config)
+  overwrite = bool(config.train.get('overwrite', False))
+  with workdir_lib.RunLock(workdir) if is_main else contextlib.nullcontext():
+    record = workdir_lib.RunRecord(workdir)
+    decision = workdir_lib.accept(workdir, run_config, None, overwrite, argv=argv) if is_main else None
+    if _agree(is_main and decision.kind == 'finished'):
+      digest = record.ensure_digest(decision.step, lambda _: _checkpoint_digest(workdir)) if is_main else None
+      if is_main:
+        print(decision.message, flush=True)
+      return {'step': decision.step, 'digest': digest, 'already_finished': True, **_recorded_evals(workdir, config)}
+    if is_main and decision.kind != 'fresh':
+      print(decision.message, flush=True)
+    task = registry.make_task(config)
+    train_data = task.train_data()   # every data problem is reported here, before any compute
+    mesh = sharding.make_mesh(config.train.get('num_devices', 0))
+    evaluation = Evaluation(task, config, mesh)
+    if is_main:   # the data fixed the dims: the recorded run must agree on them too
+      decision = workdir_lib.accept(workdir, run_config, task.dims, False, argv=argv)
+    with record.attempt(task.export_payload(), decision, argv=argv) if is_main else contextlib.nullcontext():
+      result = _train(task, train_data, evaluation, mesh, config, workdir, is_main)
+      if is_main:
+        record.mark_finished(result['step'], result['digest'])
+    return result
 
-  # Data first: every problem is reported before any compute is spent.
-  task = registry.make_task(config)
-  train_data = task.train_data()
-  mesh = sharding.make_mesh(config.train.get('num_devices', 0))
-  evaluation = Evaluation(task, config, mesh)
-  if is_main:
-    write_run_record(workdir, task)
 
+def _train(task, train_data, evaluation, mesh, config, workdir: pathlib.Path, is_main: bool) -> dict:
+  """The accepted run: mesh, state, jitted step, the loop, evaluations, checkpoints, the final digest."""
   print(f'process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local / '
         f'{jax.device_count()} global devices', flush=True)
   global_batch = config.train.batch_size
@@ -115,7 +161,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     donate_argnums=(0,))
 
   best_metric = config.eval.get('best_metric', '')
-  ckpts = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints, best_metric=best_metric)
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints, best_metric=best_metric,
+                               best_mode=config.eval.get('best_mode', 'max'))
   start_step = 0
   if ckpts.latest_step() is not None:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
@@ -140,14 +187,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
   progress = Progress(num_steps, start_step, every=config.train.log_every, enabled=is_main)
   last_good = start_step if start_step else None
   scalars = {}
+  first = True
   for step, batch in enumerate(dataset.as_numpy_iterator(), start=start_step):
     rng = jax.random.fold_in(root_rng, step)
+    if first and is_main:
+      print('compiling the train step (the first step; later runs read the XLA cache) ...', flush=True)
+      t_compile = time.perf_counter()
     state, metrics = step_fn(state, sharding.to_global(batch, mesh), rng)
+    if first and is_main:
+      jax.block_until_ready(metrics['loss'])
+      print(f'train step ready in {time.perf_counter() - t_compile:.1f} s', flush=True)
+    first = False
     done = step + 1
     if done % config.train.log_every == 0 or done == num_steps:
       host = jax.device_get(metrics)
       logger.write(done, {k: float(v) for k, v in host.items()})
       progress.update(done, float(host['loss']))
+      ckpts.check()   # a failed background save stops the run here, naming the path and the last good step
     bad = int(metrics['bad_steps'])
     if bad:
       print(f'step {done}: non-finite loss or gradient, update skipped ({bad} in a row)', file=sys.stderr)
@@ -171,9 +227,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpts.save(done, state, {'step': done}, force=True)
   ckpts.wait()
   ckpts.close()
-  digest = params_digest(state.params)
-  if is_main:
-    (workdir / 'final_params.sha256').write_text(digest + '\n')
+  digest = params_digest(state.params)   # written to final_params.sha256 by RunRecord.mark_finished
   logger.close()
   # The first evaluator's scalars also without their prefix (the headline numbers of the run).
   headline = {}

@@ -22,9 +22,9 @@ def mine_wrong_spans(config, workdir: str | pathlib.Path, progress=print) -> tup
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   task = registry.make_task(config)
-  records = task.load_records(config.data.train_annotations, config.data.subset)
+  records, problems = task.load_records(config.data.train_annotations, config.data.subset)
   store = task.open_store(config.data.feature_dir)
-  records = moment_task.preflight(records, store, config, 'mine')
+  records = moment_task.preflight(records, store, config, 'mine', load_problems=problems)
   folds = mining.split_folds(records, config.seed, config.mine.folds)
   mined: dict[int, list[list[float]]] = {}
   for k, held_out in enumerate(folds):
