@@ -115,6 +115,7 @@ def train_and_evaluate(config, workdir: str, argv=None) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
+  argv = list(sys.argv) if argv is None else list(argv)   # what attempts.jsonl records for this attempt
   run_config = workdir_lib.as_plain(config)
   overwrite = bool(config.train.get('overwrite', False))
   with workdir_lib.RunLock(workdir) if is_main else contextlib.nullcontext():
