@@ -4,6 +4,8 @@ Defaults: the Charades-STA recipe of `minghangz/cpl` (config/charades/main.json)
 """
 import ml_collections
 
+from configs import common
+
 
 def section(**fields) -> ml_collections.ConfigDict:
   """One config section from keyword fields (keeps every section a flat, commented list of name=value)."""
@@ -101,12 +103,9 @@ def data_config(tiny: bool = False) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  tiny = arg == 'tiny'
+  tiny = common.check_arg(arg, ('', 'tiny', 'activitynet')) == 'tiny'
   activitynet = arg == 'activitynet'
-  if arg not in ('', 'tiny', 'activitynet'):
-    raise ValueError(f"configs/cpl.py: unknown variant {arg!r} (expected '', 'tiny' or 'activitynet')")
-  c = ml_collections.ConfigDict()
-  c.method = 'cpl'
+  c = common.trainer_config(tiny, method='cpl', evals={'val': {'type': 'weak_mr'}}, best_metric='val/R1@0.5')
   c.seed = 0
   c.model = model_config(tiny)
   c.quirks = quirks_config()
@@ -114,9 +113,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optim = optim_config()
   c.data = data_config(tiny)
   c.inference = section(top1='loss', top_k=5, eval_epoch=0, eval_mask_seed=0)  # top1: 'loss' | 'vote'
-  c.train = section(num_epochs=30, num_steps=0, batch_size=8 if tiny else 32, checkpoint_every=500 if tiny else 1000,
-                    eval_every=0, log_every=50)
-  c.init = section(stage1_workdir='')
+  c.train.update(dict(num_epochs=30, num_steps=0, batch_size=8 if tiny else 32,
+                      checkpoint_every=500 if tiny else 1000, eval_every=0, log_every=50))
+  c.data.update(dict(durations_from='', query_map='', subset=0, val_subset=0))
+  c.text = section(tokenizer='auto', pos_tagger='auto', tag_rule='substring', count_eval=True, word_vectors='planted',
+                   word_vector_seed=0, missing_word='error', require_vector=True)
   if activitynet:
     # config/activitynet/main.json: C3D 500-d, top-8000 vocabulary, gamma 0, lambda 0.13, alpha1 2, alpha2 0.1.
     c.model.gamma = 0.0
@@ -128,4 +129,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if tiny:
     c.model.max_epoch = 3
     c.train.update(dict(num_epochs=3, num_steps=300, eval_every=100, log_every=10))
+    c.optim.update(dict(warmup_updates=50, lr=1e-3))   # the 400-update warmup would not end within 300 steps
   return c

@@ -272,7 +272,7 @@ def test_configs_and_errors():
   assert losses_lib.CPLLossConfig.from_config(cpl_config.get_config('activitynet')).alpha_2 == 0.1
   tiny = cpl_config.get_config('tiny')
   assert tiny.model.hidden_size == 32 and tiny.train.num_steps > 0
-  with pytest.raises(ValueError, match='unknown variant'):
+  with pytest.raises(ValueError, match='unknown config argument'):
     cpl_config.get_config('nope')
   with pytest.raises(ValueError, match='end_target.*keep_idx_rule'):
     model_lib.CPLModelConfig(end_target='x', keep_idx_rule='y')

@@ -13,6 +13,8 @@ EVALUATORS = {
     'qvh': 'amr_jax.metrics.moment_evaluators:QVHEvaluator',
     'qvm2': 'amr_jax.metrics.moment_evaluators:QVM2Evaluator',
     'charades': 'amr_jax.metrics.moment_evaluators:CharadesEvaluator',
+    'prvr': 'amr_jax.metrics.prvr_evaluator:PrvrEvaluator',
+    'weak_mr': 'amr_jax.metrics.weak_mr:WeakMREvaluator',
 }
 
 

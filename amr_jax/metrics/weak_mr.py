@@ -13,6 +13,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from amr_jax.data import weak_mr as weak_data
+from amr_jax.metrics.base import Evaluator
 from amr_jax.metrics.common import SubmissionError, load_jsonl
 from amr_jax.ops.spans import true_iou
 
@@ -249,3 +250,67 @@ def write_predictions(path: Union[str, os.PathLike], qids: Sequence, vids: Seque
       if top1_sec is not None:
         row['pred_top1_sec'] = np.asarray(top1_sec[i], np.float64).tolist()
       f.write(json.dumps(row) + '\n')
+
+
+# ----------------------------------------------------------------------------------------------------
+# The evaluator type 'weak_mr' (config.evals, launch/evaluate.py --task=weak_mr)
+# ----------------------------------------------------------------------------------------------------
+TOP1_VARIANTS = ('top1_loss_sec', 'top1_vote_charades_sec', 'top1_vote_activitynet_sec')
+
+
+def scalar_name(key: str) -> str:
+  """'R@1,IoU@0.5' -> 'R1@0.5', 'R@5,mIoU' -> 'R5_mIoU' (the names logged and picked by eval.best_metric)."""
+  head, _, tail = key.partition(',')
+  rank = head.replace('R@', 'R')
+  return f'{rank}_mIoU' if tail == 'mIoU' else f'{rank}@{tail.replace("IoU@", "")}'
+
+
+class WeakMREvaluator(Evaluator):
+  """CPL's evaluation of prediction rows (`pred_windows_sec` ranked, optional `pred_top1_sec`, plus any of the
+  top-1 variant fields) against ground truth [{qid, vid, duration, window}] in annotation order.
+
+  Options: top_n (5), iou ('cpl' | 'true'), meter_batch_size (32), durations_from (annotation files with
+  durations, for Charades txt in evaluate_files).
+  """
+
+  def _options(self):
+    return dict(top_n=int(self.options.get('top_n', 5)), iou=str(self.options.get('iou', 'cpl')),
+                meter_batch_size=int(self.options.get('meter_batch_size', METER_BATCH_SIZE)))
+
+  def evaluate(self, predictions, ground_truth) -> dict:
+    by_qid = {str(row['qid']): row for row in predictions}
+    missing = [g['qid'] for g in ground_truth if str(g['qid']) not in by_qid]
+    if missing:
+      raise SubmissionError([f'qid={missing[0]} field=qid: no prediction ({len(missing)} such querie(s))'])
+    rows = [by_qid[str(g['qid'])] for g in ground_truth]
+    duration = np.array([g['duration'] for g in ground_truth], np.float64)[:, None]
+    gt = np.array([g['window'] for g in ground_truth], np.float64) / duration
+    depth = min(self._options()['top_n'], min(len(r['pred_windows_sec']) for r in rows))
+    ranked = np.array([r['pred_windows_sec'][:depth] for r in rows], np.float64) / duration[:, :, None]
+    top1 = np.array([r.get('pred_top1_sec', r['pred_windows_sec'][0]) for r in rows], np.float64) / duration
+    result = {'main': weak_mr_metrics(ranked, gt, top1_windows=top1, **self._options())}
+    for field in TOP1_VARIANTS:
+      if all(field in r for r in rows):
+        variant = np.array([r[field] for r in rows], np.float64) / duration
+        scores = weak_mr_metrics(ranked[:, :1], gt, top1_windows=variant, top_n=1,
+                                 meter_batch_size=self._options()['meter_batch_size'], iou=self._options()['iou'])
+        result[field.replace('_sec', '')] = {k: v for k, v in scores.items() if k.startswith('R@1,')}
+    return result
+
+  def evaluate_files(self, submission_path, annotations_path) -> dict:
+    durations = None
+    if self.options.get('durations_from'):
+      durations = weak_data.read_durations(self.options['durations_from'])
+    return {'main': evaluate_weak_files(submission_path, annotations_path, durations=durations,
+                                        **self._options())}
+
+  def scalars(self, result) -> dict:
+    out = {scalar_name(k): float(v) for k, v in result['main'].items()}
+    for field, scores in result.items():
+      if field != 'main':
+        out.update({f'{field}/{scalar_name(k)}': float(v) for k, v in scores.items()})
+    return out
+
+  def brief(self, result) -> dict:
+    return {k: round(100 * v, 2) for k, v in self.scalars(result).items()
+            if '/' not in k and ('@0.3' in k or '@0.5' in k or '@0.7' in k or 'mIoU' in k)}

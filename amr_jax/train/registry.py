@@ -18,6 +18,9 @@ from amr_jax.train import checkpoints as ckpt_lib
 METHODS = {
     'amr': 'amr_jax.projects.amr.task',
     'flashmmr': 'amr_jax.projects.flashmmr.task',
+    'amdnet': 'amr_jax.projects.amdnet.task',
+    'cpl': 'amr_jax.projects.cpl.task',
+    'mcmt': 'amr_jax.projects.mcmt.task',
 }
 
 

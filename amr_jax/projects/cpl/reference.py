@@ -487,3 +487,9 @@ def _check_eval_rules(arrays: Dict[str, np.ndarray], config: dict) -> List[Check
     if key in arrays:
       results.append(compare(f'eval_rules/{key}', ours, arrays[key], atol=VOTE_ATOL))
   return results
+
+
+def run_check(fixture_dir: str) -> tuple:
+  """(one line per group, all ok) for `launch/check_reference.py --model=cpl` (sizes from tiny_config.json)."""
+  results = check_fixture(fixture_dir)
+  return format_results(results).split('\n'), all(r.ok for r in results)
