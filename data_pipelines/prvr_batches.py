@@ -9,6 +9,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from amr_jax import task as task_lib
 from amr_jax.data import prvr
 from data_pipelines.batches import epoch_permutation, local_slice, seeded_rng
 
@@ -90,6 +91,8 @@ class PrvrSplit:
     config: the batch config; `num_caption_slots` (C), `num_frame_slots` (L), `video_dim`, `text_dim` resolved.
     frames: per video [F', Dv] float32 (after sampling / normalisation), `num_frames` [Nv] the stored counts.
     texts: per caption [Dq] or [T', Dq] float32.
+    text_of: None, or [Ncap] ints: caption i is given the text features of caption text_of[i] (the
+      shuffled-caption control; ids, videos and ground truth stay those of caption i).
   """
 
   def __init__(self, collection: prvr.PrvrCollection, store: prvr.PrvrStore, config: PrvrBatchConfig):
@@ -103,6 +106,7 @@ class PrvrSplit:
       raise prvr.PrvrDataError([prvr.PrvrProblem(collection.source or '<collection>', 'file', 'no captions')])
     self.collection = collection
     self.config = config
+    self.text_of: Optional[np.ndarray] = None
     problems: List[prvr.PrvrProblem] = []
     raw = [store.video(vid) for vid in collection.video_ids]
     self.num_frames = np.asarray([len(x) for x in raw], dtype=np.int64)                 # [Nv]
@@ -164,8 +168,9 @@ class PrvrSplit:
     return feat, mask
 
   def caption_row(self, index: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """(caption_feat [Dq] or [T, Dq], caption_token_mask None or [T]) of caption `index`."""
-    t = self.texts[index]
+    """(caption_feat [Dq] or [T, Dq], caption_token_mask None or [T]) of caption `index` (its own text
+    features, or those of caption text_of[index] in the shuffled-caption control)."""
+    t = self.texts[index if self.text_of is None else int(self.text_of[index])]
     if self.config.text_kind == 'sentence':
       return t.astype(np.float32), None
     feat = np.zeros((self.num_token_slots, self.text_dim), np.float32)
@@ -186,6 +191,14 @@ class PrvrSplit:
 
   def frame_branch_length(self, video: int) -> int:
     return int(min(self.num_frames[video], self.config.max_ctx_l))
+
+  def shuffle_texts(self, text_of: np.ndarray) -> None:
+    """The shuffled-caption control: caption i reads the text features of caption text_of[i] from now on."""
+    text_of = np.asarray(text_of, np.int64)
+    if text_of.shape != (len(self.collection),) or (len(text_of) and (text_of.min() < 0 or
+                                                                     text_of.max() >= len(self.texts))):
+      raise ValueError(f'text_of must be [{len(self.collection)}] caption indices, got {text_of.shape}')
+    self.text_of = text_of
 
   # -- specs -----------------------------------------------------------------------------------------
   def train_spec(self) -> Dict[str, Tuple[tuple, str]]:
@@ -286,12 +299,17 @@ def _stack_rows(split: PrvrSplit, rows) -> Dict[str, np.ndarray]:
   return {k: np.stack(v) for k, v in out.items()}
 
 
-class PrvrTrainData:
-  """The training side of the task contract (amr_jax.task.TrainData's members) over a `PrvrSplit`."""
+def array_specs(spec: Dict[str, Tuple[tuple, str]]) -> Dict[str, task_lib.ArraySpec]:
+  """name -> (shape, dtype) as the contract's `ArraySpec`s."""
+  return {k: task_lib.ArraySpec(tuple(shape), str(dtype)) for k, (shape, dtype) in spec.items()}
+
+
+class PrvrTrainData(task_lib.TrainData):
+  """The training side of the task contract over a `PrvrSplit`: one example = one video with all its captions."""
 
   def __init__(self, split: PrvrSplit):
     self.split = split
-    self.spec = split.train_spec()
+    self.spec = array_specs(split.train_spec())
 
   def __len__(self) -> int:
     return len(self.split)
@@ -299,8 +317,17 @@ class PrvrTrainData:
   def steps_per_epoch(self, global_batch: int) -> int:
     return steps_per_epoch(len(self.split), global_batch, self.split.config.last_batch)
 
-  def batch(self, seed: int, step: int, global_batch: int, process_index: int = 0, process_count: int = 1) -> dict:
-    return make_train_batch(self.split, seed, step, global_batch, process_index, process_count)
+  def batch(self, seed: int, step: int, global_batch: int, process_index: int = 0, process_count: int = 1,
+            indices: Optional[np.ndarray] = None) -> dict:
+    """This process's rows of the global batch of `step` (shuffled epochs; `indices` = given global videos)."""
+    if indices is None:
+      return make_train_batch(self.split, seed, step, global_batch, process_index, process_count)
+    indices = np.asarray(indices, np.int64)
+    valid = np.ones(len(indices), bool)
+    order = order_rows(self.split, indices, valid)
+    rows = local_slice(global_batch, process_index, process_count)
+    return _stack_rows(self.split, [(int(order[r]), True, seeded_rng(seed, 'prvr-captions', step, r))
+                                    for r in range(rows.start, rows.stop)])
 
   def batch_video_ids(self, seed: int, step: int, global_batch: int) -> List[Optional[str]]:
     """The video id of every global row of `step` (None for padding rows): for logs and debugging."""
@@ -350,17 +377,21 @@ def caption_blocks(split: PrvrSplit, block_size: int, process_index: int = 0,
     yield block
 
 
-class PrvrEvalData:
+class PrvrEvalData(task_lib.EvalData):
   """The evaluation side: video blocks and caption blocks of one split, and its ground truth.
 
-  `ground_truth` = {'cap_ids', 'video_ids', 'gt_video_index'}; `batches(b)` yields caption blocks (the contract's
-  per-sample view), `video_blocks(b)` the videos.
+  `ground_truth` = {'cap_ids', 'video_ids', 'gt_video_index'} (None with with_labels=False; the ids are in
+  `cap_ids` / `video_ids` either way); `batches(b)` yields caption blocks (the contract's per-sample view),
+  `video_blocks(b)` the videos, and `videos()` the same as an EvalData of its own (for a BatchRunner).
   """
 
-  def __init__(self, split: PrvrSplit):
+  def __init__(self, split: PrvrSplit, with_labels: bool = True):
     self.split = split
-    self.ground_truth = {'cap_ids': split.collection.cap_ids, 'video_ids': list(split.collection.video_ids),
-                         'gt_video_index': split.collection.caption_video.copy()}
+    self.cap_ids = split.collection.cap_ids
+    self.video_ids = list(split.collection.video_ids)
+    self.ground_truth = ({'cap_ids': self.cap_ids, 'video_ids': self.video_ids,
+                          'gt_video_index': split.collection.caption_video.copy()} if with_labels else None)
+    self.spec = task_lib.spec_of(next(caption_blocks(split, 1)))
 
   def __len__(self) -> int:
     return len(self.split.collection)
@@ -369,4 +400,22 @@ class PrvrEvalData:
     return caption_blocks(self.split, batch_size, process_index, process_count)
 
   def video_blocks(self, batch_size: int, process_index: int = 0, process_count: int = 1):
+    return video_blocks(self.split, batch_size, process_index, process_count)
+
+  def videos(self) -> 'PrvrVideoData':
+    return PrvrVideoData(self.split)
+
+
+class PrvrVideoData(task_lib.EvalData):
+  """Every video of a split once, as an EvalData (`batches` = `video_blocks`), for a corpus task's BatchRunner."""
+
+  def __init__(self, split: PrvrSplit):
+    self.split = split
+    self.ground_truth = None
+    self.spec = task_lib.spec_of(next(video_blocks(split, 1)))
+
+  def __len__(self) -> int:
+    return len(self.split)
+
+  def batches(self, batch_size: int, process_index: int = 0, process_count: int = 1):
     return video_blocks(self.split, batch_size, process_index, process_count)

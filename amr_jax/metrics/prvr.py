@@ -309,11 +309,7 @@ def _duplicates(ids: Sequence[str]) -> List[str]:
 
 def ranks_from_score_file(path, cap_ids: Sequence[str], videos: Sequence[str], *, tie_order: str = 'stable',
                           caption_name: str = 'captions') -> np.ndarray:
-  """GT ranks from an npz `scores [Ncap, Nvid]`, `cap_ids [Ncap]`, `vid_ids [Nvid]`.
-
-  Rows and columns are aligned to the caption file (captions in file order, videos by first appearance), so ties
-  break by the caption file's video order, as in the original. Every caption and every video of the caption file
-  must be there exactly once, with no others.
+  """GT ranks from an npz `scores [Ncap, Nvid]`, `cap_ids [Ncap]`, `vid_ids [Nvid]` (see `ranks_from_scores`).
 
   Raises:
     InputError: unreadable npz. SubmissionError: every other problem, one line each.
@@ -334,27 +330,51 @@ def ranks_from_score_file(path, cap_ids: Sequence[str], videos: Sequence[str], *
     problems.append(f'{name}: field=scores: missing')
   elif scores.dtype.kind not in 'fiu' or scores.ndim != 2:
     problems.append(f'{name}: field=scores: expected a 2-D numeric array, got {scores.dtype} {scores.shape}')
-    scores = None
   if problems:
     raise SubmissionError(problems)
-  if scores.shape != (len(file_caps), len(file_vids)):
-    raise SubmissionError([f'{name}: field=scores: shape {scores.shape} does not match {len(file_caps)} cap_ids '
-                           f'x {len(file_vids)} vid_ids'])
-  problems += [f'{name}: cap_id={c}: duplicate cap_id' for c in _duplicates(file_caps)]
-  problems += [f'{name}: vid={v}: duplicate vid_id' for v in _duplicates(file_vids)]
-  cap_set, vid_set = set(cap_ids), set(videos)
-  file_cap_set, file_vid_set = set(file_caps), set(file_vids)
-  problems += [f'{name}: cap_id={c}: unknown caption (not in {caption_name})' for c in file_caps if c not in cap_set]
-  problems += [f'{name}: cap_id={c}: missing (in {caption_name} but not in the score file)'
-               for c in cap_ids if c not in file_cap_set]
-  problems += [f'{name}: vid={v}: unknown video (not in {caption_name})' for v in file_vids if v not in vid_set]
-  problems += [f'{name}: vid={v}: missing (a video of {caption_name} not in the score file)'
-               for v in videos if v not in file_vid_set]
-  if problems:
-    raise SubmissionError(problems)
-  row = {c: i for i, c in enumerate(file_caps)}
-  col = {v: j for j, v in enumerate(file_vids)}
-  aligned = scores[np.asarray([row[c] for c in cap_ids])][:, np.asarray([col[v] for v in videos])]
+  return ranks_from_scores(scores, file_caps, file_vids, cap_ids, videos, tie_order=tie_order, name=name,
+                           caption_name=caption_name)
+
+
+def ranks_from_scores(scores, score_caps: Sequence[str], score_vids: Sequence[str], cap_ids: Sequence[str],
+                      videos: Sequence[str], *, tie_order: str = 'stable', name: str = 'scores',
+                      caption_name: str = 'captions') -> np.ndarray:
+  """GT ranks of a score matrix whose rows are `score_caps` and columns `score_vids`.
+
+  Rows and columns are aligned to the ground truth (captions `cap_ids` in file order, `videos` by first
+  appearance), so ties break by the caption file's video order, as in the original. Every caption and every video
+  of the ground truth must be there exactly once, with no others, and no score may be NaN.
+
+  Raises:
+    SubmissionError: every problem, one line each (`name` names the submission, `caption_name` the GT file).
+  """
+  scores = np.asarray(scores)
+  if scores.dtype.kind not in 'fiu' or scores.ndim != 2:
+    raise SubmissionError([f'{name}: field=scores: expected a 2-D numeric array, got {scores.dtype} '
+                           f'{scores.shape}'])
+  score_caps, score_vids = list(score_caps), list(score_vids)
+  if scores.shape != (len(score_caps), len(score_vids)):
+    raise SubmissionError([f'{name}: field=scores: shape {scores.shape} does not match {len(score_caps)} cap_ids '
+                           f'x {len(score_vids)} vid_ids'])
+  if score_caps == list(cap_ids) and score_vids == list(videos):
+    aligned = scores   # already in ground-truth order (the port's own predictions): nothing to check or copy
+  else:
+    problems = [f'{name}: cap_id={c}: duplicate cap_id' for c in _duplicates(score_caps)]
+    problems += [f'{name}: vid={v}: duplicate vid_id' for v in _duplicates(score_vids)]
+    cap_set, vid_set = set(cap_ids), set(videos)
+    file_cap_set, file_vid_set = set(score_caps), set(score_vids)
+    problems += [f'{name}: cap_id={c}: unknown caption (not in {caption_name})' for c in score_caps
+                 if c not in cap_set]
+    problems += [f'{name}: cap_id={c}: missing (in {caption_name} but not in the score file)'
+                 for c in cap_ids if c not in file_cap_set]
+    problems += [f'{name}: vid={v}: unknown video (not in {caption_name})' for v in score_vids if v not in vid_set]
+    problems += [f'{name}: vid={v}: missing (a video of {caption_name} not in the score file)'
+                 for v in videos if v not in file_vid_set]
+    if problems:
+      raise SubmissionError(problems)
+    row = {c: i for i, c in enumerate(score_caps)}
+    col = {v: j for j, v in enumerate(score_vids)}
+    aligned = scores[np.asarray([row[c] for c in cap_ids])][:, np.asarray([col[v] for v in videos])]
   nan_rows = np.flatnonzero(np.isnan(aligned).any(axis=1)) if aligned.dtype.kind == 'f' else []
   if len(nan_rows):
     raise SubmissionError([f'{name}: cap_id={cap_ids[i]}: field=scores: NaN score(s)' for i in nan_rows])
@@ -431,7 +451,13 @@ def evaluate_file(prediction_path, caption_path, *, tie_order: str = 'stable') -
     InputError: a file is missing or unreadable. SubmissionError: validation failed (`.problems`, one line each).
   """
   cap_ids, videos = read_caption_gt(caption_path)
-  caption_name = pathlib.Path(caption_path).name
+  return evaluate_ids(prediction_path, cap_ids, videos, tie_order=tie_order,
+                      caption_name=pathlib.Path(caption_path).name)
+
+
+def evaluate_ids(prediction_path, cap_ids: Sequence[str], videos: Sequence[str], *, tie_order: str = 'stable',
+                 caption_name: str = 'captions') -> Dict[str, Any]:
+  """`evaluate_file` against given ground truth: cap_ids in file order and their videos by first appearance."""
   suffix = pathlib.Path(prediction_path).suffix.lower()
   if suffix == '.npz':
     ranks = ranks_from_score_file(prediction_path, cap_ids, videos, tie_order=tie_order, caption_name=caption_name)
