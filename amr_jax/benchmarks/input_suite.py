@@ -11,9 +11,10 @@ import tempfile
 import time
 
 from amr_jax.data import annotations, features, planted
+from amr_jax.projects import moment_task
+from amr_jax.projects.amr import augment
 from data_pipelines import batches
 from data_pipelines.examples import PadSpec
-from amr_jax.projects.amr import augment
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TRAIN = ROOT / 'data' / 'annotations' / 'qvhighlights' / 'highlight_train_release.jsonl'
@@ -39,7 +40,7 @@ def run(batch: int = 32, dims: str = 'real', steps: int = 10, num_queries: int =
     if mode == 'splice_online':
       split.augmented, split.num_augmented, split.infos = augment.make_online_sampler(
           records, cache.video, seed=0, passes=2)
-    ds = batches.train_dataset(split, seed=0, global_batch=batch, start_step=0, num_steps=steps * 5 + 2)
+    ds = batches.train_dataset(moment_task.MomentTrainData(split), seed=0, global_batch=batch, start_step=0, num_steps=steps * 5 + 2)
     it = ds.as_numpy_iterator()
     next(it)  # warm-up
     times = []
