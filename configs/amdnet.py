@@ -159,14 +159,20 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
 def tiny_recipe(c: ml_collections.ConfigDict) -> None:
   """:tiny = the planted Charades-STA PRVR store (tiny dims: 32-d frames and sentences), learnt in a few hundred
-  steps on 2 CPU cores (measured: amr_jax/workflows/amdnet_chain.py, 3000 train / 1000 val captions).
+  steps on 2 CPU cores (~60 steps/s of 32 videos with all their captions).
 
+  Measured with amr_jax/workflows/amdnet_chain.py (3000 train / 1000 val captions, 363 val videos, 600 steps): val
+  SumR 278.7 (R1 42.4) vs the shuffled-caption control 39.0, chance 32.0, the generator's oracle 285.7. The whole
+  store (12,408 / 3,720 captions, 1,334 val videos): 63.4 / 140.2 / 169.4 after 600 / 2000 / 6000 steps, control
+  13.9 / 14.5 / 12.4, chance 8.7, oracle 241.2.
   * data: the shipped Charades-STA files (cap_id `{vid}#{qid}`, the planted store's keys) under the store
     `python -m amr_jax.data.planted_prvr --dataset=charades --out=demo_out/amdnet/data` writes.
-  * loss.nce_weight 0.04 -> 1: at d 32 the diversity loss (weight 1) dominates the shared clip projection and the
-    NCE barely moves (val SumR 87-122 after 600 steps vs 263-284 with weight 1, chance 32).
-  * dropout 0.2 -> 0.1 and BertAdam lr 3e-4 -> 1e-3 (2e-3: SumR 83; 1e-2: 83; 5e-4: 93, 600 steps).
-  * 600 steps of 32 videos (with all their captions): ~60 steps/s on 2 cores.
+  * loss.nce_weight 0.04 -> 1: at d 32 the diversity loss dominates the shared clip projection and the NCE barely
+    moves (t2v 3.4 -> 3.2 in 600 steps; val SumR 87 vs 279 with weight 1, same seed).
+  * dropout 0.2 -> 0.1, BertAdam lr 3e-4 -> 1e-3 (single-seed: dropout 0.2 gave 94, lr 2e-3 83).
+  * Seeds: the planted codes are zero-mean over each video, and 5 of 8 seeds settle in a mirrored solution that
+    reads the code's compensation on the other frames (the best clip overlaps the planted span for 0.5% of the
+    captions instead of 98%): SumR 105-109 instead of 279-284, still 3x the control.
   """
   c.data.update(dict(
       collection='charades',

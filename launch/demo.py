@@ -22,11 +22,12 @@ _PLOTS = flags.DEFINE_integer('plots', 6, 'Per-query plots written.')
 
 def main(argv):
   del argv
+  workdir = _WORKDIR.value if _METHOD.value == 'amr' else f'{_WORKDIR.value}/{_METHOD.value}'  # own folder each
   if _METHOD.value == 'amdnet':
-    amdnet_chain.run(_WORKDIR.value)
+    amdnet_chain.run(workdir)
     return
   if _METHOD.value in ('cpl', 'mcmt'):
-    weak_chain.run(_WORKDIR.value, method=_METHOD.value)
+    weak_chain.run(workdir, method=_METHOD.value)
     return
   demo.amr_chain(_WORKDIR.value, num_train=_NUM_TRAIN.value, num_val=_NUM_VAL.value, steps1=_STEPS1.value,
                  steps2=_STEPS2.value, batch=_BATCH.value, mine_steps=_MINE_STEPS.value, num_plots=_PLOTS.value)

@@ -31,7 +31,8 @@ def main(argv):
   predictor = Predictor(_WORKDIR.value, which=_WHICH.value, **options)
   rows = predictor.predict_files(_ANNOTATIONS.value, _FEATURES.value)
   predictor.write(rows, _OUT.value)
-  print(f'wrote {len(rows)} predictions to {_OUT.value}')
+  count = len(rows) if isinstance(rows, list) else len(rows.get('cap_ids', rows))
+  print(f'wrote {count} predictions to {_OUT.value}')
   if _PLOTS.value:
     records = annotations.load_many(_ANNOTATIONS.value)
     n = plots.plot_submission(_PLOTS.value, rows, {r.qid: r.to_json() for r in records},

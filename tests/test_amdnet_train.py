@@ -22,6 +22,7 @@ from amr_jax.metrics import prvr as prvr_metrics
 from amr_jax.metrics import prvr_evaluator
 from amr_jax.metrics import registry as eval_registry
 from amr_jax.projects.amdnet import model as model_lib
+from amr_jax.projects.amdnet import reference
 from amr_jax.projects.amdnet import task as task_lib
 from amr_jax.train import loop, registry
 from amr_jax.train.predictor import Predictor
@@ -269,3 +270,9 @@ def test_config_args_and_recipe():
   assert (real.loss.nce_weight, real.seed, real.train.num_epochs) == (0.04, 9527, 200)
   with pytest.raises(ValueError, match='tyny'):
     amdnet_config.get_config('tyny')
+
+
+def test_reference_metric_cases_for_check_reference():
+  """run_check's metric group: the fixture's eval/ cases through gt_ranks, recall_metrics and the evaluator."""
+  results = reference.check_eval_metrics(str(ROOT / 'tests' / 'fixtures' / 'amdnet_reference'))
+  assert len(results) == 9 and all(r.ok for r in results), [r for r in results if not r.ok]
