@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from amr_jax.data.records import MomentRecord
+from amr_jax.projects import moment_task
 from data_pipelines import batches
 from data_pipelines.examples import PadSpec, build_example, tef
 
@@ -90,7 +91,7 @@ def test_batches_are_deterministic_and_resumable():
   c = batches.make_train_batch(split, seed=4, step=5, global_batch=8)
   assert not np.array_equal(a['qid'], c['qid'])
   # tf.data started at step 5 yields exactly the batch of step 5.
-  ds = batches.train_dataset(split, seed=3, global_batch=8, start_step=5, num_steps=7)
+  ds = batches.train_dataset(moment_task.MomentTrainData(split), seed=3, global_batch=8, start_step=5, num_steps=7)
   first = next(ds.as_numpy_iterator())
   for k in a:
     np.testing.assert_array_equal(first[k], a[k])
