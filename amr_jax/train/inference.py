@@ -17,6 +17,7 @@ from amr_jax.train import sharding
 def make_runner(mesh) -> Callable:
   """BatchRunner over `mesh`: yields (host_outputs, host_batch) per batch, rows with sample_valid = 0 removed."""
   compiled: dict = {}
+  ready: set = set()
 
   def gather(tree: dict) -> dict:
     if jax.process_count() == 1:
@@ -31,6 +32,10 @@ def make_runner(mesh) -> Callable:
     for batch in data.batches(batch_size, jax.process_index(), jax.process_count()):
       numeric = {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in 'biuf'}
       placed = sharding.to_global(numeric, mesh)
+      if jax.process_count() > 1 and fn not in ready:   # compile, then start the first collective together
+        jitted.lower(params, placed).compile()
+        sharding.barrier('eval_fn_compiled')
+        ready.add(fn)
       outputs = gather(jitted(params, placed))
       host_batch = gather(placed) if jax.process_count() > 1 else {k: np.asarray(v) for k, v in numeric.items()}
       keep = host_batch['sample_valid'] > 0

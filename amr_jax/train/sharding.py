@@ -4,10 +4,15 @@ Params are replicated; batches are split along 'data'; multi-host via jax.make_a
 """
 from __future__ import annotations
 
+import itertools
+import os
+
 import jax
 import numpy as np
+from jax._src import distributed as jax_distributed   # the coordination-service client (no public handle)
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-import os
+
+_BARRIER_IDS = itertools.count()
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -45,3 +50,16 @@ def maybe_initialize_distributed() -> None:
         process_id=int(os.environ['JAX_PROCESS_ID']))
   elif os.environ.get('AMR_JAX_AUTO_DISTRIBUTED') == '1':
     jax.distributed.initialize()
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+  """Every process waits here, through the coordination service (no device collective runs).
+
+  XLA:CPU's Gloo context is set up by the first cross-process collective and gives its peers 30 s to arrive;
+  a process still compiling its program (a loaded host) misses that deadline. Waiting here after compiling,
+  with a long timeout, lets the first collective start together. A no-op in one process.
+  """
+  if jax.process_count() == 1:
+    return
+  client = jax_distributed.global_state.client
+  client.wait_at_barrier(f'amr_jax/{name}/{next(_BARRIER_IDS)}', int(timeout_s * 1000))

@@ -125,7 +125,7 @@ class AMRTask(moment_task.MomentTask):
       sal_sum[start:end] += out['saliency_scores'][:end - start]
       sal_cnt[start:end] += 1
     predict_cfg = self.config.get('predict', {})
-    windows = nms_lib.nms_rows(windows, float(predict_cfg.get('merge_nms_iou', 0.7)), self.config.model.num_queries)
+    windows = nms_lib.nms_keep(windows, float(predict_cfg.get('merge_nms_iou', 0.7)), self.config.model.num_queries)
     duration = record.duration or (chunks[0][1] - chunks[0][0]) * clip_len   # as the first chunk (reference Predictor)
     windows = predict_lib.postprocess_windows(windows, None, duration)
     saliency = sal_sum / np.maximum(sal_cnt, 1)
