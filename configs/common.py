@@ -45,6 +45,12 @@ def moment_data_config() -> ml_collections.ConfigDict:
   d.train_annotations = 'data/annotations/qvhighlights/highlight_train_release.jsonl'
   d.val_annotations = 'data/annotations/qvhighlights/highlight_val_release.jsonl'
   d.feature_dir = 'demo_out/planted'
+  # How features reach the batches: 'memory' preloads every feature the annotations use (fastest, RAM-bound);
+  # 'stream' reads an ArrayRecord store (launch/convert_store.py) on demand through a byte-bounded LRU;
+  # 'auto' = 'stream' when feature_dir is a converted store, else 'memory'. Batches are identical either way.
+  d.feature_source = 'auto'
+  d.source_cache_mb = 512   # 'stream': the LRU budget of decoded records
+  d.verify_shards = 'all'   # converted store: 'all' (sha256 of every shard at start-up) | 'lazy' | 'size'
   d.max_v_l = 75
   d.max_q_l = 32
   d.max_windows = 10

@@ -247,3 +247,28 @@ def test_launch_script_one_line_errors(converted, tmp_path):
                             f'--annotations={QVH}/highlight_val_release.jsonl', f'--out={tmp_path}/new'], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=60)
   assert missing.returncode == 1 and missing.stderr.strip().count('\n') == 0 and 'nope' in missing.stderr
+
+
+def test_config_switch_trains_from_the_converted_store_with_the_same_digest(source, converted, tmp_path):
+  """data.feature_dir = a converted store: the task streams it ('auto'), and a short AMR stage-1 run ends with the
+  same parameters as the run on the source directory (same batches for every (seed, step), Splice included)."""
+  from amr_jax.projects.moment_task import feature_cache
+  from amr_jax.train import loop, registry
+  from amr_jax.workflows import learning_check
+  records, src = source
+  out, _ = converted
+  train = tmp_path / 'train.jsonl'
+  annotations.write_jsonl(records[:40], train)
+  digests = {}
+  for name, feature_dir in (('memory', src), ('stream', out)):
+    config = learning_check.tiny_config('amr_stage1', feature_dir, train, '', **{
+        'train.num_steps': 3, 'train.checkpoint_every': 3, 'train.batch_size': 8, 'data.source_cache_mb': 1,
+        'model.t2v_layers': 1, 'model.enc_layers': 1, 'model.dec_layers': 2})
+    task = registry.make_task(config)
+    assert isinstance(task.train_data().split.cache,
+                      stream_cache.StreamCache if name == 'stream' else batches.FeatureCache), name
+    digests[name] = loop.train_and_evaluate(config, str(tmp_path / name))['digest']
+  assert digests['memory'] == digests['stream']
+  with pytest.raises(ValueError, match="needs a converted store"):
+    feature_cache(features.FeatureStore(src), records, 'stream')
+  assert isinstance(feature_cache(array_store.ArrayStore(out), records, 'memory'), batches.FeatureCache)

@@ -98,6 +98,11 @@ def write_json_atomic(path: str, value) -> None:
   os.replace(tmp, path)
 
 
+def is_array_store(root: str) -> bool:
+  """True when `root` holds a converted store's manifest (a feature directory of an official layout does not)."""
+  return os.path.isfile(os.path.join(os.fspath(root), MANIFEST_FILE))
+
+
 def load_manifest(root: str) -> dict:
   """The manifest of the store at `root`, checked for format and version."""
   path = os.path.join(root, MANIFEST_FILE)

@@ -10,12 +10,28 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from amr_jax import task as task_lib
+from amr_jax.data import array_store as array_store_lib
 from amr_jax.data import features as feat_lib
 from amr_jax.data import validate as validate_lib
 from data_pipelines import batches as batch_lib
+from data_pipelines import stream_cache as stream_lib
 from data_pipelines.examples import PadSpec, build_example, stack_examples
 
 MODEL_INPUTS = ('src_vid', 'src_vid_mask', 'src_txt', 'src_txt_mask')
+FEATURE_SOURCES = ('auto', 'memory', 'stream')
+
+
+def feature_cache(store, records, feature_source: str = 'auto'):
+  """The features of `records`: preloaded (`FeatureCache`) or read on demand from an ArrayStore (`StreamCache`)."""
+  if feature_source not in FEATURE_SOURCES:
+    raise ValueError(f'data.feature_source={feature_source!r}: expected one of {", ".join(FEATURE_SOURCES)}')
+  streamable = isinstance(store, array_store_lib.ArrayStore)
+  if feature_source == 'stream' and not streamable:
+    raise ValueError(f"data.feature_source='stream' needs a converted store (launch/convert_store.py); "
+                     f'{store.root} is a feature directory')
+  if streamable and feature_source != 'memory':
+    return stream_lib.StreamCache(store, records)
+  return batch_lib.FeatureCache(store, records)
 
 
 class DataError(ValueError):
@@ -79,7 +95,7 @@ class MomentEvalData(task_lib.EvalData):
   """Records to predict: one example per record, or per sliding-window chunk of a long video."""
 
   def __init__(self, records: Sequence, store, spec: PadSpec, *, with_labels: bool = True,
-               sliding_window: bool = False, window_overlap: int = 25):
+               sliding_window: bool = False, window_overlap: int = 25, feature_source: str = 'auto'):
     self.records = list(records)
     self.by_qid = {r.qid: r for r in self.records}
     self.store = store
@@ -89,7 +105,7 @@ class MomentEvalData(task_lib.EvalData):
     self.sliding_window = sliding_window
     self.window_overlap = window_overlap
     if with_labels:   # scoring a val split: examples with labels, from an in-memory cache
-      cache = batch_lib.FeatureCache(store, self.records)
+      cache = feature_cache(store, self.records, feature_source)
       self.split = batch_lib.Split(records=self.records, cache=cache, spec=spec)
     self.spec = task_lib.spec_of(next(self.batches(1)))
 
@@ -164,7 +180,17 @@ class MomentTask(task_lib.Task):
 
   # -- data -----------------------------------------------------------------------------------------
   def open_store(self, feature_dir: str, max_v_l: Optional[int] = None):
-    return feat_lib.FeatureStore(feature_dir, max_v_l=self.config.data.max_v_l if max_v_l is None else max_v_l)
+    """A converted ArrayRecord store (by its manifest) or a feature directory of an official layout."""
+    d = self.config.data
+    max_v_l = d.max_v_l if max_v_l is None else max_v_l
+    if array_store_lib.is_array_store(feature_dir):
+      return array_store_lib.ArrayStore(feature_dir, max_v_l=max_v_l, verify=d.get('verify_shards', 'all'),
+                                        cache_bytes=int(d.get('source_cache_mb', 512)) << 20)
+    return feat_lib.FeatureStore(feature_dir, max_v_l=max_v_l)
+
+  @property
+  def feature_source(self) -> str:
+    return self.config.data.get('feature_source', 'auto')
 
   def pad_spec(self) -> PadSpec:
     d = self.config.data
@@ -186,7 +212,7 @@ class MomentTask(task_lib.Task):
     records, problems = self.load_records(self.config.data.train_annotations, self.config.data.subset)
     records = preflight(records, store, self.config, 'train', load_problems=problems)
     self._learn_dims(store)
-    cache = batch_lib.FeatureCache(store, records)
+    cache = feature_cache(store, records, self.feature_source)
     split = batch_lib.Split(records=records, cache=cache, spec=self.pad_spec())
     if self.config.data.shuffle_queries:  # control: every sample sees another query's text
       split.text_of = batch_lib.shuffled_text_map(records, self.config.seed)
@@ -220,7 +246,8 @@ class MomentTask(task_lib.Task):
                         drop_bad=None if with_labels else False)
     self._learn_dims(store)
     return MomentEvalData(records, store, self.pad_spec(), with_labels=with_labels, sliding_window=sliding,
-                          window_overlap=int(predict_cfg.get('window_overlap', 25)))
+                          window_overlap=int(predict_cfg.get('window_overlap', 25)),
+                          feature_source=self.feature_source)
 
   # -- linen glue -----------------------------------------------------------------------------------
   def init_model(self, rng, batch: dict, *extra, **kwargs):
