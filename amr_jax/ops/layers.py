@@ -352,6 +352,16 @@ def dot_product_attention(query: Array, key: Array, value: Array, *,
   return jnp.einsum('bhts,bshd->bthd', weights.astype(value.dtype), value, precision=precision)
 
 
+def multihead_attention(query: Array, key: Array, value: Array, num_heads: int, **options) -> Array:
+  """`dot_product_attention` over `num_heads` heads of already-projected [B, T, H*d] inputs.  # [B, T, H*dv]
+
+  options: those of `dot_product_attention` (key_valid, attn_masked, dropout_rate, dropout_rng, ...).
+  """
+  out = dot_product_attention(split_heads(query, num_heads), split_heads(key, num_heads),
+                              split_heads(value, num_heads), **options)
+  return merge_heads(out)
+
+
 class MultiheadAttention(nn.Module):
   """PyTorch `nn.MultiheadAttention` (batch-first here): separate q/k/v in-projections, then `out_proj`.
 
@@ -382,12 +392,10 @@ class MultiheadAttention(nn.Module):
     k = Linear(d, kernel_init=in_init, bias_init=zeros, dtype=self.dtype, name='k_proj')(key)
     v = Linear(d, kernel_init=in_init, bias_init=zeros, dtype=self.dtype, name='v_proj')(value)
     rng = self.make_rng('dropout') if (train and self.dropout > 0.0) else None
-    out = dot_product_attention(
-        split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads),
-        key_valid=key_valid, attn_masked=attn_masked, dropout_rate=self.dropout, dropout_rng=rng,
-        dropout_impl=self.dropout_impl, implementation=self.implementation)
-    return Linear(d, kernel_init=xavier_uniform, bias_init=zeros, dtype=self.dtype,
-                  name='out_proj')(merge_heads(out))
+    out = multihead_attention(q, k, v, self.num_heads, key_valid=key_valid, attn_masked=attn_masked,
+                              dropout_rate=self.dropout, dropout_rng=rng, dropout_impl=self.dropout_impl,
+                              implementation=self.implementation)
+    return Linear(d, kernel_init=xavier_uniform, bias_init=zeros, dtype=self.dtype, name='out_proj')(out)
 
 
 class ProjectionFreeAttention(nn.Module):
@@ -414,9 +422,7 @@ class ProjectionFreeAttention(nn.Module):
   def __call__(self, query: Array, key: Array, value: Array, *, key_valid: Optional[Array] = None,
                train: bool = False) -> Array:
     rng = self.make_rng('dropout') if (train and self.dropout > 0.0) else None
-    out = dot_product_attention(
-        split_heads(query, self.num_heads), split_heads(key, self.num_heads),
-        split_heads(value, self.num_heads), key_valid=key_valid, dropout_rate=self.dropout,
-        dropout_rng=rng, dropout_impl=self.dropout_impl, implementation=self.implementation)
+    out = multihead_attention(query, key, value, self.num_heads, key_valid=key_valid, dropout_rate=self.dropout,
+                              dropout_rng=rng, dropout_impl=self.dropout_impl, implementation=self.implementation)
     return Linear(self.value_dim, kernel_init=xavier_uniform, bias_init=nn.initializers.zeros_init(),
-                  dtype=self.dtype, name='out_proj')(merge_heads(out))
+                  dtype=self.dtype, name='out_proj')(out)

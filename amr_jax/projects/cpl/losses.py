@@ -210,15 +210,9 @@ def scalar_metrics(aux: Dict[str, Array]) -> Dict[str, Array]:
   return {k: aux[k] for k in SCALAR_METRICS if k in aux}
 
 
-def batch_loss(model: model_lib.CPL, params, batch: Dict[str, Any], cfg: CPLLossConfig, rng: Optional[Array] = None,
-               *, train: bool = True) -> Tuple[Array, Dict[str, Array]]:
-  """Forward + `cpl_loss` on one batch (the trainer's loss; pure and jittable).
-
-  Consumes frames_feat, frames_mask, words_feat, words_mask, words_id, epoch, sample_valid (optional) and
-  masked_words; without masked_words they are drawn from `rng` (`model.draw_masked_words` with `weights`, row ids
-  = `sample_index` when present, so any device split draws the same words). Dropout runs when `train` and an rng
-  is given. No timestamp, window or duration is read.
-  """
+def with_masked_words(batch: Dict[str, Any], rng: Optional[Array], train: bool) -> Tuple[dict, Optional[Array], bool]:
+  """(batch with masked_words, dropout rng, whether dropout runs): the words are drawn from one half of `rng`
+  (`model.draw_masked_words` with `weights`, rows = `sample_index`) unless the batch gives them."""
   batch = dict(batch)
   dropout_rng = None
   if rng is not None:
@@ -228,7 +222,19 @@ def batch_loss(model: model_lib.CPL, params, batch: Dict[str, Any], cfg: CPLLoss
       raise ValueError('batch_loss: the batch has no masked_words and no rng was given to draw them')
     batch['masked_words'] = model_lib.draw_masked_words(rng, batch['words_mask'], batch['weights'],
                                                         batch.get('sample_index'))
-  use_dropout = train and dropout_rng is not None
+  return batch, dropout_rng, train and dropout_rng is not None
+
+
+def batch_loss(model: model_lib.CPL, params, batch: Dict[str, Any], cfg: CPLLossConfig, rng: Optional[Array] = None,
+               *, train: bool = True) -> Tuple[Array, Dict[str, Array]]:
+  """Forward + `cpl_loss` on one batch (the trainer's loss; pure and jittable).
+
+  Consumes frames_feat, frames_mask, words_feat, words_mask, words_id, epoch, sample_valid (optional) and
+  masked_words; without masked_words they are drawn from `rng` (`model.draw_masked_words` with `weights`, row ids
+  = `sample_index` when present, so any device split draws the same words). Dropout runs when `train` and an rng
+  is given. No timestamp, window or duration is read.
+  """
+  batch, dropout_rng, use_dropout = with_masked_words(batch, rng, train)
   out = model.apply({'params': params}, *model_lib.model_inputs(batch), train=use_dropout,
                     sample_valid=batch.get('sample_valid'), rngs={'dropout': dropout_rng} if use_dropout else {})
   targets = model_lib.decoder2_targets(batch['words_id'], out['word_valid'].shape[1])

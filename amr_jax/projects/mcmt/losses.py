@@ -93,16 +93,7 @@ def mcmt_loss(out: Dict[str, Any], cfg: MCMTLossConfig, sample_valid: Optional[A
 def batch_loss(model, params, batch: Dict[str, Any], cfg: MCMTLossConfig, rng: Optional[Array] = None, *,
                train: bool = True) -> Tuple[Array, Dict[str, Array]]:
   """Forward + `mcmt_loss` (pure, jittable); masked words drawn from `rng` as CPL's `batch_loss`."""
-  batch = dict(batch)
-  dropout_rng = None
-  if rng is not None:
-    rng, dropout_rng = jax.random.split(rng)
-  if 'masked_words' not in batch:
-    if rng is None:
-      raise ValueError('batch_loss: the batch has no masked_words and no rng was given to draw them')
-    batch['masked_words'] = cpl_model.draw_masked_words(rng, batch['words_mask'], batch['weights'],
-                                                        batch.get('sample_index'))
-  use_dropout = train and dropout_rng is not None
+  batch, dropout_rng, use_dropout = cpl_losses.with_masked_words(batch, rng, train)
   out = model.apply({'params': params}, *cpl_model.model_inputs(batch), batch['words_id'], train=use_dropout,
                     sample_valid=batch.get('sample_valid'), rngs={'dropout': dropout_rng} if use_dropout else {})
   return mcmt_loss(out, cfg, batch.get('sample_valid'))
