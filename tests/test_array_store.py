@@ -272,3 +272,21 @@ def test_config_switch_trains_from_the_converted_store_with_the_same_digest(sour
   with pytest.raises(ValueError, match="needs a converted store"):
     feature_cache(features.FeatureStore(src), records, 'stream')
   assert isinstance(feature_cache(array_store.ArrayStore(out), records, 'memory'), batches.FeatureCache)
+
+
+def test_the_converted_store_is_a_tfds_dataset(source, converted):
+  """tfds.builder_from_directory reads the store: every vid / qid record equals ours, and decodes to the source."""
+  from amr_jax.data import tfds_store
+  records, src = source
+  out, _ = converted
+  store = array_store.ArrayStore(out)
+  memory = features.FeatureStore(src, max_v_l=10**9)
+  sources = tfds_store.data_sources(out)
+  assert sorted(sources) == ['text', 'video']
+  assert len(sources['video']) == len(store.vids) and len(sources['text']) == len(store.qids)
+  for kind in ('video', 'text'):
+    for key, position in tfds_store.global_positions(store, kind).items():
+      raw = sources[kind][position]
+      assert raw == store.record_bytes(kind, key), (kind, key)
+      want = memory.video(key) if kind == 'video' else memory.text(key)
+      np.testing.assert_array_equal(array_store.decode_record(raw), want)

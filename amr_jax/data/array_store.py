@@ -384,6 +384,11 @@ class ArrayStore:
   def text_path(self, qid: int) -> List[str]:
     return [self.location("text", qid)]
 
+  def shard_position(self, kind: str, key) -> Tuple[int, int]:
+    """(shard number in the manifest, record position in that shard) of a vid / qid."""
+    shard, position, _, _ = self._entry(kind, key)
+    return shard, position
+
   def _entry(self, kind: str, key) -> Tuple[int, int, int, int]:
     entry = self._index[kind].get(key)
     if entry is None:

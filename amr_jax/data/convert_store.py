@@ -19,6 +19,7 @@ from array_record.python import array_record_module
 
 from amr_jax.data import annotations
 from amr_jax.data import array_store as store_lib
+from amr_jax.data import tfds_store
 from amr_jax.data.features import FeatureError, FeatureStore
 from amr_jax.data.records import MomentRecord
 
@@ -116,7 +117,7 @@ def _reset_out_dir(out_dir: str) -> None:
 
 def _is_ours(name: str) -> bool:
   base = name[:-4] if name.endswith(".tmp") else name
-  return (base in (store_lib.MANIFEST_FILE, store_lib.INDEX_FILE, JOURNAL_FILE)
+  return (base in (store_lib.MANIFEST_FILE, store_lib.INDEX_FILE, JOURNAL_FILE) + tfds_store.METADATA_FILES
           or (base.endswith(".array_record") and base.split("-")[0] in store_lib.KINDS))
 
 
@@ -299,6 +300,7 @@ def convert(feature_dir: str, records_or_annotation_paths: RecordsOrPaths, out_d
                          f"(wrong --features directory?); first: {first[1]}")
 
   manifest = _finish(out_dir, journal, source, feature_store, keys, shard_bytes, compression)
+  tfds_store.write_metadata(out_dir, manifest)   # the store is also a TFDS dataset (tfds.builder_from_directory)
   manifest["conversion"] = {"kept_shards": len(kept), "written_shards": written_shards,
                             "seconds": time.perf_counter() - start, "skipped": len(manifest["skipped"])}
   return manifest
