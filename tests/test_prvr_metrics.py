@@ -89,6 +89,23 @@ def test_ranks_match_brute_force_with_ties_and_nan(seed):
   gt = rng.integers(0, nv, nq)
   for tie_order in pm.TIE_ORDERS:
     np.testing.assert_array_equal(pm.gt_ranks(scores, gt, tie_order), _brute_force(scores, gt, tie_order))
+    # A device matrix is ranked on device: the same counts, ties and NaN included.
+    np.testing.assert_array_equal(pm.gt_ranks(jnp.asarray(scores), gt, tie_order),
+                                  _brute_force(scores, gt, tie_order))
+
+
+def test_device_scores_through_ranks_from_scores():
+  """The port's own predictions as a device array: ranked on device, NaN rows still named."""
+  case = _case('model_case')
+  caps = [f'v{j:02d}#{i}' for i, j in enumerate(case['gt_video_index'])]
+  vids = [f'v{j:02d}' for j in range(case['scores'].shape[1])]
+  scores = case['scores'].astype(np.float32)
+  on_host = pm.ranks_from_scores(scores, caps, vids, caps, vids)
+  np.testing.assert_array_equal(pm.ranks_from_scores(jnp.asarray(scores), caps, vids, caps, vids), on_host)
+  np.testing.assert_array_equal(on_host, pm.gt_ranks(scores.astype(np.float64), case['gt_video_index']))
+  scores[3, 1] = np.nan
+  with pytest.raises(SubmissionError, match=f'cap_id={caps[3]}: field=scores: NaN'):
+    pm.ranks_from_scores(jnp.asarray(scores), caps, vids, caps, vids)
 
 
 def test_recall_metrics_operation_order_and_misses():

@@ -126,14 +126,47 @@ def random_eval_split(num_captions: int, num_videos: int, video_dim: int, text_d
   return prvr_batches.PrvrSplit(collection, store, config)
 
 
+# Similarity blocks of the suite (captions x videos): one [200, 384] x [384, 32 * 32] dot per block (an 800 KiB
+# output, in L2). XLA:CPU rounds the dot identically for 8, 50, 100 or 200 rows (not 128, 256, 512, ..): the
+# scores are bitwise those of the config's (50, 100) blocks (the original's eval_query_bsz), at a larger dot.
+SCORE_BLOCK = (200, 32)
+
+
+def _best_seconds(fn, *args, repeats: int = 10) -> float:
+  """The fastest of `repeats` warm calls of `fn(*args)` (one warm-up call first)."""
+  jax.block_until_ready(fn(*args))
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def score_matmul_peak_gflops(caption_block: int, video_block: int, tokens: int, dim: int) -> float:
+  """The same-run float32 matmul peak of the scoring's dot shape: a plain jitted [Bq, d] x [d, Bv * T]."""
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.normal(size=(caption_block, dim)).astype(np.float32))
+  b = jnp.asarray(rng.normal(size=(dim, video_block * tokens)).astype(np.float32))
+  matmul = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
+  return 2.0 * caption_block * video_block * tokens * dim / _best_seconds(matmul, a, b, repeats=20) / 1e9
+
+
 def evaluate(num_captions: int = TVR_VAL_CAPTIONS, num_videos: int = TVR_VAL_VIDEOS, dims: str = 'real',
              repeats: int = 3, frames: int = FRAMES, batch_size: Optional[int] = None,
-             num_devices: Optional[int] = None) -> dict:
+             num_devices: Optional[int] = None, score_block: Optional[tuple] = SCORE_BLOCK) -> dict:
   """The whole corpus evaluation the trainer runs: `task.predict` (every video and caption encoded once through
-  the BatchRunner, the [Nq, Nv] similarity in blocks on device) + the 'prvr' evaluator (ranks, R@K, SumR).
+  the BatchRunner, the [Nq, Nv] similarity in blocks on device, one jitted program) + the 'prvr' evaluator
+  (ranks on device from the GT score, R@K, SumR).
 
-  Features are in memory (reading them is not timed). compile_s = the first pass minus a warm pass; median_s =
-  a warm pass; the phases of the last pass are reported too. samples_per_s counts captions."""
+  Features are in memory (reading them is not timed). score_block: (captions, videos) per similarity block
+  (None = the config's eval.query_batch_size x eval.context_batch_size). compile_s = the first pass minus the
+  median warm pass; median_s = a warm pass; cpu_s = the process CPU seconds of a pass (all threads: steadier
+  than wall time on a shared machine). Phases (medians over the warm passes): video_encode_s, caption_encode_s,
+  score_s (normalise + blocked similarity, on device), to_host_s (the [Nq, Nv] matrix to host: what `predict`
+  returns), metrics_s (the evaluator: ranks on device from the device matrix, then the recalls).
+  samples_per_s counts captions; score_gflops = the similarity's 2 Nq Nv T d over score_s, against
+  score_matmul_peak_gflops (a plain jitted matmul of the block's dot shape, this run)."""
   config, task = build_task(dims)
   mesh = sharding.make_mesh(num_devices)
   t0 = time.perf_counter()
@@ -144,38 +177,65 @@ def evaluate(num_captions: int = TVR_VAL_CAPTIONS, num_videos: int = TVR_VAL_VID
   run = inference.make_runner(mesh)
   evaluator = prvr_evaluator.PrvrEvaluator()
   batch_size = int(batch_size or config.eval.batch_size)
+  caption_block, video_block = (score_block if score_block else
+                                (int(config.eval.query_batch_size), int(config.eval.context_batch_size)))
 
   def one_pass() -> tuple:
-    start = time.perf_counter()
-    tokens, queries = task.encode(params, data, run, batch_size)
-    encoded = time.perf_counter()
-    scores = task.similarity(queries, tokens)
+    cpu_start, start = time.process_time(), time.perf_counter()
+    tokens = task.video_tokens(params, data, run, batch_size)
+    videos_done = time.perf_counter()
+    queries = task.query_embeddings(params, data, run, batch_size)
+    captions_done = time.perf_counter()
+    device_scores = jax.block_until_ready(task.similarity(queries, tokens, caption_block=caption_block,
+                                                          video_block=video_block, to_host=False))
     scored = time.perf_counter()
-    predictions = {'scores': scores, 'cap_ids': data.cap_ids, 'vid_ids': data.video_ids}
+    scores = np.asarray(device_scores)   # what `predict` returns (and a score file holds)
+    on_host = time.perf_counter()
+    del scores
+    predictions = {'scores': device_scores, 'cap_ids': data.cap_ids, 'vid_ids': data.video_ids}
     result = evaluator.evaluate(predictions, data.ground_truth)
     end = time.perf_counter()
-    return end - start, {'encode_s': encoded - start, 'score_s': scored - encoded, 'metrics_s': end - scored,
-                         'SumR': result['SumR']}
+    return end - start, {'cpu_s': time.process_time() - cpu_start, 'video_encode_s': videos_done - start,
+                         'caption_encode_s': captions_done - videos_done, 'score_s': scored - captions_done,
+                         'to_host_s': on_host - scored, 'metrics_s': end - on_host}, result
 
-  first, _ = one_pass()
-  times, phases = [], {}
+  first, _, _ = one_pass()
+  times, phase_runs = [], []
   for _ in range(repeats):
-    seconds, phases = one_pass()
+    seconds, phases, result = one_pass()
     times.append(seconds)
+    phase_runs.append(phases)
+  phases = {k: statistics.median(p[k] for p in phase_runs) for k in phase_runs[0]}
   # FLOPs: XLA's count of one video block and one caption block encode, times the blocks; the similarity
   # 2 Nq Nv T d (its normalisations and max are O(Nq Nv T), negligible).
   block = int(np.ceil(batch_size / mesh.size) * mesh.size)
-  video_block = sharding.to_global(next(data.videos().batches(block)), mesh)
-  caption_block = sharding.to_global(next(data.batches(block)), mesh)
+  video_block_batch = sharding.to_global(next(data.videos().batches(block)), mesh)
+  caption_block_batch = sharding.to_global(next(data.batches(block)), mesh)
   forward = jax.jit(task.eval_forward)
-  _, _, video_flops = steps_lib.compile_timed(forward, params, video_block)
-  _, _, caption_flops = steps_lib.compile_timed(forward, params, caption_block)
+  _, _, video_flops = steps_lib.compile_timed(forward, params, video_block_batch)
+  _, _, caption_flops = steps_lib.compile_timed(forward, params, caption_block_batch)
   tokens_per_video = task.model_cfg.map_size if task.model_cfg.score_mode == 'clip' else task.model_cfg.event_size
-  score_flops = 2.0 * len(data) * len(data.video_ids) * tokens_per_video * task.model_cfg.hidden_size
-  flops = (mesh.size * (video_flops * -(-len(data.video_ids) // block) + caption_flops * -(-len(data) // block))
-           + score_flops)
-  return _result('amdnet_eval', dims, len(data), mesh, times, max(first - statistics.median(times), 0.0), flops,
-                 num_captions=len(data), num_videos=len(data.video_ids), frame_slots=frames,
-                 encode_batch_size=batch_size, score_block=(int(config.eval.query_batch_size),
-                                                            int(config.eval.context_batch_size)),
-                 first_pass_s=first, build_split_s=build_s, score_gflop=score_flops / 1e9, **phases)
+  hidden = task.model_cfg.hidden_size
+  score_flops = 2.0 * len(data) * len(data.video_ids) * tokens_per_video * hidden
+  encode_flops = mesh.size * (video_flops * -(-len(data.video_ids) // block) + caption_flops * -(-len(data) // block))
+  flops = encode_flops + score_flops
+  median = statistics.median(times)
+  score_peak = score_matmul_peak_gflops(min(caption_block, len(data)), min(video_block, len(data.video_ids)),
+                                        tokens_per_video, hidden)
+  square_peak = steps_lib.matmul_peak_gflops()
+  score_gflops = score_flops / phases['score_s'] / 1e9
+  encode_gflops = encode_flops / (phases['video_encode_s'] + phases['caption_encode_s']) / 1e9
+  achieved = flops / median / 1e9
+  return dict(suite='amdnet_eval', dims=dims, batch=len(data), devices=mesh.size, backend=jax.default_backend(),
+              median_s=median, min_s=min(times), max_s=max(times), samples_per_s=len(data) / median,
+              compile_s=max(first - median, 0.0), first_pass_s=first, steps=len(times),
+              peak_rss_mb=steps_lib.peak_rss_mb(), **phases,
+              gflop_per_step=flops / 1e9, score_gflop=score_flops / 1e9, encode_gflop=encode_flops / 1e9,
+              achieved_gflops=achieved, score_gflops=score_gflops, encode_gflops=encode_gflops,
+              score_matmul_peak_gflops=score_peak, score_fraction_of_peak=score_gflops / score_peak,
+              matmul_peak_gflops=square_peak, fraction_of_peak=achieved / square_peak,
+              num_captions=len(data), num_videos=len(data.video_ids), frame_slots=frames,
+              encode_batch_size=batch_size, score_block=(caption_block, video_block),
+              config_score_block=(int(config.eval.query_batch_size), int(config.eval.context_batch_size)),
+              build_split_s=build_s, R1=result['R1'], R5=result['R5'], R10=result['R10'], R100=result['R100'],
+              SumR=result['SumR'])

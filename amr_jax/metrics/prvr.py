@@ -56,6 +56,10 @@ def _ahead(xp, scores, s_gt, before, valid, tie_order: str):
 def gt_ranks(scores, gt_index, tie_order: str = 'stable') -> np.ndarray:
   """1-based rank of each caption's GT video among all videos, by descending score.
 
+  A float32 jax.Array (scores already on device) is ranked there: one jitted pass of compares and a row count, no
+  sort, no transfer of the matrix. Host arrays are ranked in numpy (a copy to device would cost more than the
+  count), in their own dtype, so no value is rounded. Both count exactly the same comparisons.
+
   Args:
     scores: [Nq, Nv] caption-to-video similarities (video order = the order ties are broken in).
     gt_index: [Nq] int, the GT column of each caption.
@@ -65,18 +69,32 @@ def gt_ranks(scores, gt_index, tie_order: str = 'stable') -> np.ndarray:
     [Nq] int64 ranks in 1..Nv.
   """
   _check_tie_order(tie_order)
-  scores = np.asarray(scores)
+  if not isinstance(scores, jax.Array):
+    scores = np.asarray(scores)
   gt_index = np.asarray(gt_index, dtype=np.int64)
   if scores.ndim != 2 or gt_index.shape != (scores.shape[0],):
     raise ValueError(f'scores must be [Nq, Nv] and gt_index [Nq]; got {scores.shape} and {gt_index.shape}')
   if len(gt_index) and (gt_index.min() < 0 or gt_index.max() >= scores.shape[1]):
     raise ValueError(f'gt_index out of range for {scores.shape[1]} videos')
+  if isinstance(scores, jax.Array) and scores.dtype == jnp.float32 and scores.size:
+    return np.asarray(_device_gt_ranks(scores, jnp.asarray(gt_index, jnp.int32), tie_order)).astype(np.int64)
+  scores = np.asarray(scores)
   columns = np.arange(scores.shape[1])
   s_gt = np.take_along_axis(scores, gt_index[:, None], axis=1)        # [Nq, 1]
   before = columns[None, :] < gt_index[:, None]                       # [Nq, Nv]
   other = columns[None, :] != gt_index[:, None]
   ahead = _ahead(np, scores, s_gt, before, other, tie_order)
   return 1 + ahead.sum(axis=1).astype(np.int64)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _device_gt_ranks(scores, gt_index, tie_order: str):
+  """`gt_ranks` of a float32 [Nq, Nv] matrix on device: [Nq] int32 (XLA fuses the compares into the row sum)."""
+  columns = jnp.arange(scores.shape[1], dtype=jnp.int32)
+  s_gt = jnp.take_along_axis(scores, gt_index[:, None], axis=1)     # [Nq, 1]
+  before = columns[None, :] < gt_index[:, None]                     # [Nq, Nv]
+  other = columns[None, :] != gt_index[:, None]
+  return 1 + _ahead(jnp, scores, s_gt, before, other, tie_order).sum(axis=1, dtype=jnp.int32)
 
 
 def recall_metrics(ranks, num_queries: Optional[int] = None) -> Dict[str, float]:
@@ -123,7 +141,6 @@ def _leading(tree) -> int:
 def _pad_to(tree, size: int):
   """Pads the leading axis to `size` by repeating the last item (finite values; padded items are masked)."""
   def pad(x):
-    x = jnp.asarray(x)
     extra = size - x.shape[0]
     if extra == 0:
       return x
@@ -180,6 +197,9 @@ def blocked_gt_ranks(score_fn: Callable, caption_items, video_items, gt_index, *
                      video_block: int = 256, tie_order: str = 'stable', mode: str = 'rows') -> np.ndarray:
   """GT ranks of every caption, scoring one [caption block x video block] at a time on device.
 
+  One jitted program runs every block (a map over caption blocks of a scan over video blocks): one dispatch and
+  one [Nq] transfer back, whatever the number of blocks.
+
   Args:
     score_fn: jittable (caption block pytree [Bq, ...], video block pytree [Bv, ...]) -> [Bq, Bv] scores, e.g.
       the max over clips of cosines of encoded captions and encoded videos. Only one block of per-clip scores
@@ -208,39 +228,49 @@ def blocked_gt_ranks(score_fn: Callable, caption_items, video_items, gt_index, *
     raise ValueError(f'gt_index out of range for {num_videos} videos')
   bq, n_cb = _block_sizes(num_queries, caption_block)
   bv, n_vb = _block_sizes(num_videos, video_block)
-  captions = _blocks(_pad_to(caption_items, bq * n_cb), n_cb, bq)
-  gts = jnp.asarray(np.pad(gt_index, (0, bq * n_cb - num_queries))).reshape(n_cb, bq)
-  videos_flat = _pad_to(video_items, bv * n_vb)
-  videos = _blocks(videos_flat, n_vb, bv)
-  fn = _rank_fn(score_fn, tie_order, mode, num_videos)
-  out = [fn(jax.tree.map(lambda x, i=i: x[i], captions), gts[i], videos, videos_flat) for i in range(n_cb)]
-  return np.concatenate([np.asarray(r) for r in out])[:num_queries].astype(np.int64)
+  fn = _rank_fn(score_fn, tie_order, mode, num_videos, bq, n_cb, bv, n_vb)
+  return np.asarray(fn(caption_items, gt_index, video_items))[:num_queries].astype(np.int64)
 
 
 @functools.lru_cache(maxsize=64)
-def _rank_fn(score_fn: Callable, tie_order: str, mode: str, num_videos: int):
-  """The jitted ranks of one caption block (cached, so repeated evaluations compile once per shape)."""
-  if mode == 'rows':
-    return jax.jit(lambda c, g, v, vf: _rows_ranks(score_fn, tie_order, c, g, v, num_videos))
-  return jax.jit(lambda c, g, v, vf: _running_ranks(score_fn, tie_order, c, g, v, vf, num_videos))
+def _rank_fn(score_fn: Callable, tie_order: str, mode: str, num_videos: int, bq: int, n_cb: int, bv: int,
+             n_vb: int):
+  """The jitted ranks of every caption block (cached, so repeated evaluations compile once per shape)."""
+  def ranks(caption_items, gt_index, video_items):
+    captions = _blocks(_pad_to(caption_items, bq * n_cb), n_cb, bq)            # [nCB, Bq, ...]
+    gts = jnp.pad(gt_index, (0, bq * n_cb - gt_index.shape[0])).reshape(n_cb, bq)
+    videos_flat = _pad_to(video_items, bv * n_vb)
+    videos = _blocks(videos_flat, n_vb, bv)                                    # [nVB, Bv, ...]
+    if mode == 'rows':
+      one = lambda args: _rows_ranks(score_fn, tie_order, args[0], args[1], videos, num_videos)  # noqa: E731
+    else:
+      one = lambda args: _running_ranks(score_fn, tie_order, args[0], args[1], videos,  # noqa: E731
+                                        videos_flat, num_videos)
+    return jax.lax.map(one, (captions, gts)).reshape(-1)                       # [nCB * Bq]
+  return jax.jit(ranks)
 
 
 @functools.lru_cache(maxsize=64)
-def _scores_fn(score_fn: Callable):
-  return jax.jit(lambda c, v: _scan_scores(score_fn, c, v))
+def _scores_fn(score_fn: Callable, num_queries: int, num_videos: int, bq: int, n_cb: int, bv: int, n_vb: int):
+  """The jitted [Nq, Nv] score matrix: a map over caption blocks of a scan over video blocks, in one program."""
+  def scores(caption_items, video_items):
+    captions = _blocks(_pad_to(caption_items, bq * n_cb), n_cb, bq)            # [nCB, Bq, ...]
+    videos = _blocks(_pad_to(video_items, bv * n_vb), n_vb, bv)                # [nVB, Bv, ...]
+    rows = jax.lax.map(lambda c: _scan_scores(score_fn, c, videos), captions)  # [nCB, Bq, nVB * Bv]
+    return rows.reshape(n_cb * bq, n_vb * bv)[:num_queries, :num_videos]
+  return jax.jit(scores)
 
 
 def blocked_scores(score_fn: Callable, caption_items, video_items, *, caption_block: int = 256,
-                   video_block: int = 256) -> np.ndarray:
-  """The full [Nq, Nv] score matrix (float32, host), scored block by block (for score files)."""
+                   video_block: int = 256, to_host: bool = True):
+  """The full [Nq, Nv] score matrix (float32), scored block by block in one jitted program (for score files).
+
+  to_host=False leaves it on device (a jax.Array), e.g. for `gt_ranks` without a round trip."""
   num_queries, num_videos = _leading(caption_items), _leading(video_items)
   bq, n_cb = _block_sizes(num_queries, caption_block)
   bv, n_vb = _block_sizes(num_videos, video_block)
-  captions = _blocks(_pad_to(caption_items, bq * n_cb), n_cb, bq)
-  videos = _blocks(_pad_to(video_items, bv * n_vb), n_vb, bv)
-  fn = _scores_fn(score_fn)
-  rows = [np.asarray(fn(jax.tree.map(lambda x, i=i: x[i], captions), videos)) for i in range(n_cb)]
-  return np.concatenate(rows, axis=0)[:num_queries, :num_videos]
+  out = _scores_fn(score_fn, num_queries, num_videos, bq, n_cb, bv, n_vb)(caption_items, video_items)
+  return np.asarray(out) if to_host else out
 
 
 def max_cosine_score(caption_emb, video_tokens, eps: float = 1e-12):
@@ -348,8 +378,9 @@ def ranks_from_scores(scores, score_caps: Sequence[str], score_vids: Sequence[st
   Raises:
     SubmissionError: every problem, one line each (`name` names the submission, `caption_name` the GT file).
   """
-  scores = np.asarray(scores)
-  if scores.dtype.kind not in 'fiu' or scores.ndim != 2:
+  if not isinstance(scores, jax.Array):   # a device matrix (the port's own predictions) stays on device
+    scores = np.asarray(scores)
+  if np.dtype(scores.dtype).kind not in 'fiu' or scores.ndim != 2:
     raise SubmissionError([f'{name}: field=scores: expected a 2-D numeric array, got {scores.dtype} '
                            f'{scores.shape}'])
   score_caps, score_vids = list(score_caps), list(score_vids)
@@ -374,13 +405,22 @@ def ranks_from_scores(scores, score_caps: Sequence[str], score_vids: Sequence[st
       raise SubmissionError(problems)
     row = {c: i for i, c in enumerate(score_caps)}
     col = {v: j for j, v in enumerate(score_vids)}
-    aligned = scores[np.asarray([row[c] for c in cap_ids])][:, np.asarray([col[v] for v in videos])]
-  nan_rows = np.flatnonzero(np.isnan(aligned).any(axis=1)) if aligned.dtype.kind == 'f' else []
+    aligned = np.asarray(scores)[np.asarray([row[c] for c in cap_ids])][:, np.asarray([col[v] for v in videos])]
+  if isinstance(aligned, jax.Array):
+    nan_rows = np.flatnonzero(np.asarray(_nan_rows(aligned)))
+  else:
+    nan_rows = np.flatnonzero(np.isnan(aligned).any(axis=1)) if aligned.dtype.kind == 'f' else []
   if len(nan_rows):
     raise SubmissionError([f'{name}: cap_id={cap_ids[i]}: field=scores: NaN score(s)' for i in nan_rows])
   vindex = {v: j for j, v in enumerate(videos)}
   gt = np.asarray([vindex[video_id(c)] for c in cap_ids])
   return gt_ranks(aligned, gt, tie_order)
+
+
+@jax.jit
+def _nan_rows(scores):
+  """[Nq] bool: the rows of a device score matrix holding a NaN."""
+  return jnp.isnan(scores).any(axis=1)
 
 
 def ranks_from_ranking_file(path, cap_ids: Sequence[str], videos: Sequence[str], *,

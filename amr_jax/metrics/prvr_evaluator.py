@@ -85,8 +85,8 @@ class PrvrEvaluator(Evaluator):
 
   Options: tie_order ('stable' = the original's torch.argsort tie order; 'optimistic' | 'pessimistic').
   predictions: {'scores' [Nq, Nv], 'cap_ids' [Nq], 'vid_ids' [Nv]} (rows / columns in any order: they are
-  aligned to the ground truth) or {'ranks' [Nq], 'cap_ids' [Nq]}. ground_truth: {'cap_ids', 'video_ids'}
-  (`PrvrEvalData.ground_truth`).
+  aligned to the ground truth; a float32 jax.Array in ground-truth order is ranked on device, without a copy to
+  host) or {'ranks' [Nq], 'cap_ids' [Nq]}. ground_truth: {'cap_ids', 'video_ids'} (`PrvrEvalData.ground_truth`).
   """
 
   def __init__(self, tie_order: str = 'stable', **options):

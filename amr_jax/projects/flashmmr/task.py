@@ -286,9 +286,9 @@ class FlashMMRTask(moment_task.MomentTask):
     clip_valid = batch['src_vid_mask']
     metrics['model/text_attn_mass'] = (outputs['t2vattnvalues'] * clip_valid).sum() / jnp.maximum(clip_valid.sum(), 1)
     if self.config.verifier.enabled:
-      spans, _ = self.proposals(outputs)
+      proposal_se, _ = self.proposals(outputs)
       pv_total, pv = verifier_lib.post_verification_losses(
-          self.verifier, params['verifier'], outputs['memory'], batch['src_vid_mask'], spans, batch['duration'],
+          self.verifier, params['verifier'], outputs['memory'], batch['src_vid_mask'], proposal_se, batch['duration'],
           targets['gt_all'], targets['gt_all_valid'], self.verifier_config, self.clip_len,
           deterministic=not train, rngs={'dropout': pv_rng} if train else None)
       total = total + pv_total
@@ -304,12 +304,12 @@ class FlashMMRTask(moment_task.MomentTask):
   def eval_forward(self, params, batch: dict) -> dict:
     """Top-K windows (seconds, by detector score over valid points), saliency, verifier IoU of each window."""
     outputs = self.apply(params, batch, train=False)
-    spans, valid = self.proposals(outputs)
-    k = min(self.model_config.max_num_moment, spans.shape[1])
-    result = dict(boundary=spans[:, :k], boundary_valid=valid[:, :k], saliency=outputs['saliency_scores'])
+    proposal_se, valid = self.proposals(outputs)
+    k = min(self.model_config.max_num_moment, proposal_se.shape[1])
+    result = dict(boundary=proposal_se[:, :k], boundary_valid=valid[:, :k], saliency=outputs['saliency_scores'])
     if self.config.flashmmr.eval_verifier or self.config.flashmmr.rescore_with_verifier:
       scored = verifier_lib.score_proposals(self.verifier, params['verifier'], outputs['memory'],
-                                            batch['src_vid_mask'], spans[:, :k], batch['duration'],
+                                            batch['src_vid_mask'], proposal_se[:, :k], batch['duration'],
                                             self.verifier_config, self.clip_len)
       raw = scored['scores_raw']
       result['verifier_iou'] = jax.nn.sigmoid(raw) if self.verifier_config.apply_sigmoid else raw
