@@ -130,4 +130,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.model.max_epoch = 3
     c.train.update(dict(num_epochs=3, num_steps=300, eval_every=100, log_every=10))
     c.optim.update(dict(warmup_updates=50, lr=1e-3))   # the 400-update warmup would not end within 300 steps
+    # Decoding 2 on all 48 clips: with downsample 4 (L' = 12) the diversity term's lambda 0.146 (tuned for
+    # L' = 50) asks each Gaussian to cover ~7 of 12 clips, so every width saturates at 1 and the proposals freeze
+    # query- and video-independent (measured: width 0.99 for every k and query; R1@0.5 at the prior's level).
+    c.model.downsample = 1
   return c

@@ -2,7 +2,8 @@
 
 Each query's content words are planted inside its annotated moment (clips carry a fixed projection of the sum of
 their planted word vectors), the video's other queries at their own moments, other videos' queries as distractor
-spans elsewhere, over background + noise: reconstructing a query's masked words needs its moment.
+spans elsewhere, a weak scene code (the video's own sentences, on every clip, no timing), over background +
+noise: reconstructing a query's masked words needs its moment.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ FEATURES_DIR = 'features'            # per-video {vid}.npy, [T, Df] float32
 HDF5_FILE = 'features.hdf5'          # with fmt='hdf5': one file, f[vid] = [T, Df] (CPL's Charades layout)
 WORD_VECTORS_FILE = 'word_vectors.npz'
 SHUFFLED_FILE = 'shuffled_queries.json'
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 CLIP_SEC = 0.5                       # seconds per raw clip (T = ceil(duration / CLIP_SEC))
 BACKGROUND_NORM = 0.5                # per-video constant offset
@@ -39,6 +40,7 @@ DRIFT_RHO = 0.9                      # AR(1) coefficient per raw clip
 WHITE_NORM = 0.3                     # per-clip white noise
 SIGNAL_NORM = 1.0                    # norm of a planted query code
 NUM_DISTRACTORS = 2                  # distractor spans per true window (where free clips allow)
+CONTEXT_NORM = 0.5                   # every clip: the video's own sentences' mean code (its scene), no timing
 DIMS = {'tiny': (64, 32), 'real': (1024, 300)}   # (frame_dim, word_dim): 'real' = I3D width, GloVe width
 
 
@@ -174,6 +176,17 @@ def plan_weak_video(vid: str, records: Sequence[MomentRecord], length: int, pool
   return plants
 
 
+def scene_code(model: PlantedWeakModel, sentences: Sequence[str]) -> np.ndarray:
+  """[Dw] unit code of a video's scene: the normalised sum of its distinct sentences' codes. Added to every clip
+  (CONTEXT_NORM), it tells a reader which words the video's queries use but not where: a wide read already pays,
+  so reading the video is learnt first; a narrow read at the moment pays more, so the moment is learnt next."""
+  code = np.zeros(model.word_dim)
+  for sentence in sorted(set(sentences)):
+    code += model.query_code(sentence)
+  norm = np.linalg.norm(code)
+  return code / norm if norm > 0 else code
+
+
 def idf_weights(sentences: Sequence[str]) -> Dict[str, float]:
   """word -> log(1 + N / df): N distinct sentences, df = those that plant the word (rounded to 6 digits)."""
   distinct = sorted(set(sentences))
@@ -275,6 +288,7 @@ def write_planted_weak_store(records: Iterable[MomentRecord], out_dir: str, *, s
       vid_records = sorted(by_vid[vid], key=lambda r: (r.qid, r.line))
       length = num_raw_clips(vid_records, clip_sec)
       signal = np.zeros((length, word_dim))
+      signal += CONTEXT_NORM * scene_code(model, [r.query for r in vid_records])
       for plant in plan_weak_video(vid, vid_records, length, pool, seed, clip_sec):
         signal[plant.first_clip:plant.last_clip] += SIGNAL_NORM * model.query_code(plant.sentence)
         num_distractors += plant.distractor
