@@ -135,6 +135,23 @@ def _numeric_table(lists: list, wheres: list[str], field: str, width: int | None
   return WindowTable.from_counts(array, [len(values) for values in lists])
 
 
+def _unique_row_qid(row, name: str, lines, i: int, seen, problems: list):
+  """(label, qid) of row i of file `name`; qid None (with one problem line) for a non-object row, a missing or
+  ill-typed qid, or a qid already in `seen`."""
+  label = _row_label(name, lines, i)
+  if not isinstance(row, dict):
+    problems.append(f'{label}: row is not a JSON object')
+    return label, None
+  qid = _normalised_qid(row.get('qid'))
+  if qid is None:
+    problems.append(f'{label}: qid {_shown(row.get("qid"))} missing or not an int/str')
+    return label, None
+  if qid in seen:
+    problems.append(f'{name}: qid {qid}: duplicate qid ({label})')
+    return label, None
+  return label, qid
+
+
 def _row_label(name: str, lines, i: int) -> str:
   return f'{name}: line {lines[i]}' if lines is not None else f'{name}: row {i + 1}'
 
@@ -158,18 +175,10 @@ def prepare(task: str, submission_rows: list, gt_rows: list, *, submission_name:
   gt_window_lists, gt_wheres = [], []
   gt_kept_rows = []
   for i, row in enumerate(gt_rows):
-    label = _row_label(ann, annotations_lines, i)
-    if not isinstance(row, dict):
-      problems.append(f'{label}: row is not a JSON object')
-      continue
-    qid = _normalised_qid(row.get('qid'))
+    _, qid = _unique_row_qid(row, ann, annotations_lines, i, gt_index, problems)
     if qid is None:
-      problems.append(f'{label}: qid {_shown(row.get("qid"))} missing or not an int/str')
       continue
     where = f'{ann}: qid {qid}'
-    if qid in gt_index:
-      problems.append(f'{where}: duplicate qid ({label})')
-      continue
     windows = row.get('relevant_windows')
     if not _is_list(windows) or len(windows) == 0:
       problems.append(f'{where}: no relevant_windows (an unlabelled split cannot be scored)')
@@ -187,18 +196,10 @@ def prepare(task: str, submission_rows: list, gt_rows: list, *, submission_name:
   want_saliency = task == 'qvh' and any(isinstance(r, dict) and 'pred_saliency_scores' in r
                                         for r in submission_rows)
   for i, row in enumerate(submission_rows):
-    label = _row_label(sub, submission_lines, i)
-    if not isinstance(row, dict):
-      problems.append(f'{label}: row is not a JSON object')
-      continue
-    qid = _normalised_qid(row.get('qid'))
+    _, qid = _unique_row_qid(row, sub, submission_lines, i, seen, problems)
     if qid is None:
-      problems.append(f'{label}: qid {_shown(row.get("qid"))} missing or not an int/str')
       continue
     where = f'{sub}: qid {qid}'
-    if qid in seen:
-      problems.append(f'{where}: duplicate qid ({label})')
-      continue
     seen.add(qid)
     if qid not in gt_index:
       problems.append(f'{where}: unknown qid (not in {ann})')
