@@ -132,24 +132,14 @@ def random_eval_split(num_captions: int, num_videos: int, video_dim: int, text_d
 SCORE_BLOCK = (200, 32)
 
 
-def _best_seconds(fn, *args, repeats: int = 10) -> float:
-  """The fastest of `repeats` warm calls of `fn(*args)` (one warm-up call first)."""
-  jax.block_until_ready(fn(*args))
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
 def score_matmul_peak_gflops(caption_block: int, video_block: int, tokens: int, dim: int) -> float:
   """The same-run float32 matmul peak of the scoring's dot shape: a plain jitted [Bq, d] x [d, Bv * T]."""
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.normal(size=(caption_block, dim)).astype(np.float32))
   b = jnp.asarray(rng.normal(size=(dim, video_block * tokens)).astype(np.float32))
   matmul = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
-  return 2.0 * caption_block * video_block * tokens * dim / _best_seconds(matmul, a, b, repeats=20) / 1e9
+  _, _, times = steps_lib.time_calls(matmul, (a, b), 20)
+  return 2.0 * caption_block * video_block * tokens * dim / min(times) / 1e9
 
 
 def evaluate(num_captions: int = TVR_VAL_CAPTIONS, num_videos: int = TVR_VAL_VIDEOS, dims: str = 'real',

@@ -32,9 +32,8 @@ def make_runner(mesh) -> Callable:
     for batch in data.batches(batch_size, jax.process_index(), jax.process_count()):
       numeric = {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in 'biuf'}
       placed = sharding.to_global(numeric, mesh)
-      if jax.process_count() > 1 and fn not in ready:   # compile, then start the first collective together
-        jitted.lower(params, placed).compile()
-        sharding.barrier('eval_fn_compiled')
+      if fn not in ready:
+        sharding.compile_together(jitted, params, placed, name='eval_fn_compiled')
         ready.add(fn)
       outputs = gather(jitted(params, placed))
       host_batch = gather(placed) if jax.process_count() > 1 else {k: np.asarray(v) for k, v in numeric.items()}

@@ -195,9 +195,8 @@ def _train(task, train_data, evaluation, mesh, config, workdir: pathlib.Path, is
       print('compiling the train step (the first step; later runs read the XLA cache) ...', flush=True)
       t_compile = time.perf_counter()
     global_batch_arrays = sharding.to_global(batch, mesh)
-    if first and jax.process_count() > 1:   # compile, then start the first collective together
-      step_fn.lower(state, global_batch_arrays, rng).compile()
-      sharding.barrier('train_step_compiled')
+    if first:
+      sharding.compile_together(step_fn, state, global_batch_arrays, rng, name='train_step_compiled')
     state, metrics = step_fn(state, global_batch_arrays, rng)
     if first and is_main:
       jax.block_until_ready(metrics['loss'])

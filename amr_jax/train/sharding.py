@@ -63,3 +63,12 @@ def barrier(name: str, timeout_s: float = 3600.0) -> None:
     return
   client = jax_distributed.global_state.client
   client.wait_at_barrier(f'amr_jax/{name}/{next(_BARRIER_IDS)}', int(timeout_s * 1000))
+
+
+def compile_together(jitted, *args, name: str) -> None:
+  """In a multi-process run: compile `jitted` for `args` ahead, then meet every process at a `barrier`, so the
+  program's first collective starts on all of them together. A no-op in one process (the call compiles)."""
+  if jax.process_count() == 1:
+    return
+  jitted.lower(*args).compile()
+  barrier(name)
