@@ -128,8 +128,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                        feature_dir='demo_out/activitynet_c3d'))
   if tiny:
     c.model.max_epoch = 3
-    c.train.update(dict(num_epochs=3, num_steps=300, eval_every=100, log_every=10))
-    c.optim.update(dict(warmup_updates=50, lr=1e-3))   # the 400-update warmup would not end within 300 steps
+    c.train.update(dict(num_epochs=3, num_steps=600, eval_every=200, log_every=50))
+    # The 400-update warm-up would not end within the run; with dropout on, 600 steps on 600 queries do not
+    # separate real from shuffled queries (measured: docs/PLANTED.md, weak-MR section).
+    c.optim.update(dict(warmup_updates=100, lr=2e-3))
+    c.model.update(dict(dropout=0.0, transformer_dropout=0.0))
     # Decoding 2 on all 48 clips: with downsample 4 (L' = 12) the diversity term's lambda 0.146 (tuned for
     # L' = 50) asks each Gaussian to cover ~7 of 12 clips, so every width saturates at 1 and the proposals freeze
     # query- and video-independent (measured: width 0.99 for every k and query; R1@0.5 at the prior's level).

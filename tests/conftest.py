@@ -95,7 +95,8 @@ def pytest_configure(config):
 
 # The longest files first, so that `make test`'s two xdist workers (--dist loadfile) each start on one of them
 # and the short files fill in around them, instead of one worker being left with the long tail.
-LONGEST_FIRST = ('test_weak_train.py', 'test_learning.py', 'test_generic_paths.py', 'test_amdnet_train.py',
+LONGEST_FIRST = ('test_weak_learning_mcmt.py', 'test_weak_learning_cpl.py', 'test_weak_train.py', 'test_learning.py',
+                 'test_generic_paths.py', 'test_amdnet_train.py',
                  'test_flashmmr_train.py', 'test_multiprocess.py', 'test_train.py',
                  'test_flashmmr_parity.py', 'test_check_reference.py', 'test_devices.py', 'test_model_parity.py')
 

@@ -103,7 +103,7 @@ class _Phases:
       print(f'   phase {self.k}/{self.total} ({self.name}) done in {self.seconds[self.name]:.0f} s', flush=True)
 
 
-def run(workdir, method: str = 'mcmt', *, num_train: int = 300, num_val: int = 100, num_steps: Optional[int] = None,
+def run(workdir, method: str = 'mcmt', *, num_train: int = 600, num_val: int = 150, num_steps: Optional[int] = None,
         seed: int = 0) -> dict:
   """The whole chain in `workdir`; returns {'real': scalars, 'control': scalars, 'seconds': per phase}."""
   if method not in ('cpl', 'mcmt'):
@@ -139,3 +139,30 @@ def run(workdir, method: str = 'mcmt', *, num_train: int = 300, num_val: int = 1
     print(f'{name:10s}' + ''.join(f'{100 * result.get(k, float("nan")):10.2f}' for k in REPORTED))
   return {'real': {k: real[k] for k in REPORTED}, 'control': {k: control[k] for k in REPORTED},
           'file': scores, 'seconds': phases.seconds}
+
+
+def compare(workdir, methods=('cpl', 'mcmt'), seeds=(0, 1, 2), *, num_train: int = 600, num_val: int = 150,
+            num_steps: Optional[int] = None) -> list:
+  """`run` for every (method, seed) under `workdir`/<method>_seed<seed>; one row per run (docs/PLANTED.md)."""
+  rows = []
+  for method in methods:
+    for seed in seeds:
+      result = run(pathlib.Path(workdir) / f'{method}_seed{seed}', method, num_train=num_train, num_val=num_val,
+                   num_steps=num_steps, seed=seed)
+      rows.append({'method': method, 'seed': seed, 'real': result['real'], 'control': result['control'],
+                   'seconds': sum(result['seconds'].values())})
+  return rows
+
+
+def table(rows: list) -> str:
+  """Mean and [min, max] over seeds of each method's real and control arms, in percent."""
+  lines = [f'{"method":8s}{"arm":9s}{"seeds":>6s}' + ''.join(f'{k:>22s}' for k in REPORTED)]
+  for method in dict.fromkeys(r['method'] for r in rows):
+    mine = [r for r in rows if r['method'] == method]
+    for arm in ('real', 'control'):
+      cells = []
+      for key in REPORTED:
+        values = [100 * r[arm][key] for r in mine]
+        cells.append(f'{sum(values) / len(values):6.1f} [{min(values):5.1f},{max(values):5.1f}]')
+      lines.append(f'{method:8s}{arm:9s}{len(mine):6d}' + ''.join(f'{c:>22s}' for c in cells))
+  return '\n'.join(lines)
