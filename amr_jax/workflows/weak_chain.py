@@ -104,7 +104,7 @@ class _Phases:
 
 
 def run(workdir, method: str = 'mcmt', *, num_train: int = 600, num_val: int = 150, num_steps: Optional[int] = None,
-        seed: int = 0) -> dict:
+        seed: int = 0, eval_every: Optional[int] = None) -> dict:
   """The whole chain in `workdir`; returns {'real': scalars, 'control': scalars, 'seconds': per phase}."""
   if method not in ('cpl', 'mcmt'):
     raise ValueError(f"method must be 'cpl' or 'mcmt', got {method!r}")
@@ -113,6 +113,8 @@ def run(workdir, method: str = 'mcmt', *, num_train: int = 600, num_val: int = 1
   phases.start(f'planted store: {num_train} train + {num_val} test Charades-STA queries')
   paths = build_store(workdir / 'data', num_train, num_val, seed=seed)
   overrides = {} if num_steps is None else {'train.num_steps': int(num_steps)}
+  if eval_every is not None:   # 0 = only at the end (a full-size val split is costly to score often)
+    overrides['train.eval_every'] = int(eval_every)
   config = tiny_run_config(method, paths, seed=seed, **overrides)
   phases.start('validate: every problem of both splits in one pass')
   task = registry.make_task(config)
@@ -142,13 +144,13 @@ def run(workdir, method: str = 'mcmt', *, num_train: int = 600, num_val: int = 1
 
 
 def compare(workdir, methods=('cpl', 'mcmt'), seeds=(0, 1, 2), *, num_train: int = 600, num_val: int = 150,
-            num_steps: Optional[int] = None) -> list:
+            num_steps: Optional[int] = None, eval_every: Optional[int] = None) -> list:
   """`run` for every (method, seed) under `workdir`/<method>_seed<seed>; one row per run (docs/PLANTED.md)."""
   rows = []
   for method in methods:
     for seed in seeds:
       result = run(pathlib.Path(workdir) / f'{method}_seed{seed}', method, num_train=num_train, num_val=num_val,
-                   num_steps=num_steps, seed=seed)
+                   num_steps=num_steps, seed=seed, eval_every=eval_every)
       rows.append({'method': method, 'seed': seed, 'real': result['real'], 'control': result['control'],
                    'seconds': sum(result['seconds'].values())})
   return rows
