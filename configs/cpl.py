@@ -30,6 +30,7 @@ def model_config(tiny: bool = False) -> ml_collections.ConfigDict:
       transformer_dropout=0.1,        # residual dropout (DualTransformer.dropout)
       attention_dropout=0.0,          # none in the reference
       downsample=4,                   # decoding-2 clips L' = max_num_frames // 4
+      decode_negatives='kstar',       # 'kstar': decode only k*'s negatives (same loss; 'all' = the reference's work)
       width_clamp=0.01,
       gauss_attn_eps=1e-10,
       key_padding_fill=-1e30,

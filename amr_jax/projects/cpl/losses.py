@@ -152,7 +152,7 @@ def cpl_loss(out: Dict[str, Any], targets: Array, cfg: CPLLossConfig,
   """
   aux = proposal_nlls(out, targets, cfg)
   nll_pos = aux['nll.pos']                                                      # [B, K]
-  kstar = jnp.argmin(nll_pos, axis=-1)                                          # [B]
+  kstar = out['kstar'] if 'kstar' in out else jnp.argmin(nll_pos, axis=-1)      # [B] (the model's, if it chose)
   at_kstar = lambda x: jnp.take_along_axis(x, kstar[:, None], axis=-1)[:, 0]  # noqa: E731
   nll_min = at_kstar(nll_pos)                                                   # gradient to k* only
   mean = lambda x: masked_mean(x, sample_valid)  # noqa: E731
@@ -174,8 +174,8 @@ def cpl_loss(out: Dict[str, Any], targets: Array, cfg: CPLLossConfig,
   for side in ('left', 'right'):
     if f'nll.{side}' not in aux:
       continue
-    nll_side = aux[f'nll.{side}']                                               # [B, K]
-    side_k = at_kstar(nll_side)
+    nll_side = aux[f'nll.{side}']                                               # [B, K] or [B, 1] (k* only)
+    side_k = nll_side[:, 0] if 'kstar' in out else at_kstar(nll_side)
     if cfg.negatives_at_kstar:
       pre = nll_min - side_k + cfg.margin_2
       hinge = jnp.maximum(pre, 0.0)
@@ -235,7 +235,18 @@ def batch_loss(model: model_lib.CPL, params, batch: Dict[str, Any], cfg: CPLLoss
   is given. No timestamp, window or duration is read.
   """
   batch, dropout_rng, use_dropout = with_masked_words(batch, rng, train)
+  kstar_of = None
+  if model.config.decode_negatives == 'kstar':
+    if not cfg.negatives_at_kstar:
+      raise ValueError("model.decode_negatives='kstar' needs quirks.negatives_at_kstar=True (the loss reads "
+                       "every proposal's negatives otherwise)")
+
+    def kstar_of(logits_pos, word_valid):   # the same NLL and argmin as `cpl_loss`
+      targets = model_lib.decoder2_targets(batch['words_id'], word_valid.shape[1])
+      nll = proposal_nlls({'logits_pos': logits_pos, 'word_valid': word_valid}, targets, cfg)['nll.pos']
+      return jnp.argmin(nll, axis=-1)
   out = model.apply({'params': params}, *model_lib.model_inputs(batch), train=use_dropout,
-                    sample_valid=batch.get('sample_valid'), rngs={'dropout': dropout_rng} if use_dropout else {})
+                    sample_valid=batch.get('sample_valid'), rngs={'dropout': dropout_rng} if use_dropout else {},
+                    kstar_of=kstar_of)
   targets = model_lib.decoder2_targets(batch['words_id'], out['word_valid'].shape[1])
   return cpl_loss(out, targets, cfg, batch.get('sample_valid'))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -76,6 +76,9 @@ class CPLModelConfig:
     gauss_params_interleaved: `fc_gauss` outputs are (c0, w0, c1, w1, ..) (False: K centres then K widths) [Q17].
     keep_idx_rule: 'float32_linspace' = float32 linspace(0, n-1, L') truncated (the reference's scalar kernel),
       'exact' = floor(i (n-1) / (L'-1)) in integers (the two agree for n <= 65 and n = 200).
+    decode_negatives: 'all' = the left / right negatives of every proposal are decoded (the reference);
+      'kstar' = only those of k* (the proposal with the lowest NLL), the only ones the loss reads when
+      `negatives_at_kstar` holds: the same loss and gradients, 2K + 1 -> 3 negative passes per sample.
   """
   frame_dim: int = 1024
   word_dim: int = 300
@@ -116,6 +119,7 @@ class CPLModelConfig:
   decoding2_from_projected_frames: bool = True
   gauss_params_interleaved: bool = True
   keep_idx_rule: str = 'float32_linspace'
+  decode_negatives: str = 'all'
 
   def __post_init__(self):
     problems = []
@@ -127,6 +131,8 @@ class CPLModelConfig:
       problems.append(f'gauss_normalisation {self.gauss_normalisation!r} not in {GAUSS_NORMALISATIONS}')
     if self.keep_idx_rule not in KEEP_IDX_RULES:
       problems.append(f'keep_idx_rule {self.keep_idx_rule!r} not in {KEEP_IDX_RULES}')
+    if self.decode_negatives not in ('all', 'kstar'):
+      problems.append(f"decode_negatives {self.decode_negatives!r} not in ('all', 'kstar')")
     if problems:
       raise ValueError('CPLModelConfig: ' + '; '.join(problems))
 
@@ -651,8 +657,12 @@ class CPL(nn.Module):
   # -- the whole forward ------------------------------------------------------------------------------------------
   def __call__(self, frames_feat: Array, frames_mask: Array, words_feat: Array, words_mask: Array,
                masked_words: Array, epoch: Array, *, train: bool = False, negatives: Optional[bool] = None,
-               sample_valid: Optional[Array] = None, intermediates: bool = False) -> Dict[str, Any]:
+               sample_valid: Optional[Array] = None, intermediates: bool = False,
+               kstar_of: Optional[Callable[[Array, Array], Array]] = None) -> Dict[str, Any]:
     """The training forward (`negatives` defaults to `use_negative`; eval passes False: the negatives are unused).
+
+    `kstar_of(logits_pos [B, K, Wd, V], word_valid [B, Wd]) -> [B]` (the loss's k*): when given, the positive
+    passes run first and only the negatives of k* are decoded ('logits_left' / '_right' [B, 1, Wd, V], 'kstar').
 
     Returns:
       {'center', 'width' [B, K], 'gauss_pos' [B, K, L'], 'logits_pos' (+ 'logits_left', 'logits_right')
@@ -691,6 +701,10 @@ class CPL(nn.Module):
       scale = negative_schedule_scale(epoch, c.max_epoch, c.gamma)
       masks['left'], masks['right'], neg_inter = negative_masks(grid, center, width, scale, c)
       neg_inter['neg.schedule_scale'] = scale
+    if negatives and kstar_of is not None and not intermediates:   # the fixture's intermediates need every k
+      ref_frames = (source[:, :num_frames], emb['frames_valid'][:, :num_frames])
+      return self._kstar_negatives(props_frames, props_valid, d2_words, d2_valid, masks, kstar_of, train, {
+          'center': center, 'width': width, 'gauss_pos': gauss_pos, 'word_valid': d2_valid}, ref_frames)
     names = list(masks)
     m = len(names)
     # Decoding-2 rows, sample-major (row b * R + r) so a batch-sharded input stays sharded: R = M * K proposal
@@ -719,6 +733,37 @@ class CPL(nn.Module):
     if intermediates:
       out['inter'] = self._intermediates(emb, prop, keep_idx, props_valid, masks, neg_inter, masked_slots,
                                          words_masked, d2_words, d2_valid, names, rec, ref)
+    return out
+
+  def _kstar_negatives(self, props_frames, props_valid, d2_words, d2_valid, masks, kstar_of, train, out,
+                       ref_frames) -> Dict[str, Any]:
+    """The K positive passes, k* from their logits, then one pass per negative of k* (+ the reference)."""
+    c = self.config
+    batch, k, num_kept = masks['pos'].shape
+
+    def passes(gauss, gauss_on, rows):   # `rows` decoding-2 passes per sample, sample-major
+      expand = lambda x: jnp.broadcast_to(x[:, None], (batch, rows) + x.shape[1:]).reshape(  # noqa: E731
+          (batch * rows,) + x.shape[1:])
+      rec = self.reconstruct(expand(props_frames), expand(props_valid), expand(d2_words), expand(d2_valid),
+                             gauss.reshape(batch * rows, num_kept), gauss_on, train, False)
+      return rec['logits'].reshape((batch, rows) + rec['logits'].shape[1:])      # [B, rows, Wd, V]
+
+    out['logits_pos'] = passes(masks['pos'], None, k)                              # [B, K, Wd, V]
+    kstar = kstar_of(out['logits_pos'], d2_valid)                                  # [B]
+    at_kstar = lambda x: jnp.take_along_axis(x, kstar[:, None, None], axis=1)      # noqa: E731  [B, 1, L']
+    negs = [at_kstar(masks['left']), at_kstar(masks['right'])]
+    fused_ref = c.reference_downsampled
+    if fused_ref:
+      negs.append(jnp.ones((batch, 1, num_kept), masks['pos'].dtype))
+    rows = len(negs)
+    gauss_on = jnp.broadcast_to(jnp.arange(rows) < 2, (batch, rows)).reshape(batch * rows) if fused_ref else None
+    logits = passes(jnp.concatenate(negs, axis=1), gauss_on, rows)                 # [B, 2 (+1), Wd, V]
+    out.update({'logits_left': logits[:, :1], 'logits_right': logits[:, 1:2], 'kstar': kstar})
+    if fused_ref:
+      out['logits_ref'] = logits[:, 2]
+    else:
+      ref = self.reconstruct(*ref_frames, d2_words, d2_valid, None, None, train, False)
+      out['logits_ref'] = ref['logits']
     return out
 
   def _intermediates(self, emb, prop, keep_idx, props_valid, masks, neg_inter, masked_slots, words_masked,
