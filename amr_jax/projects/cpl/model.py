@@ -716,8 +716,7 @@ class CPL(nn.Module):
     if fused_ref:
       gauss = jnp.concatenate([gauss, jnp.ones((batch, 1, num_kept), gauss.dtype)], axis=1)
       gauss_on = jnp.broadcast_to(jnp.arange(per) < m * k, (batch, per)).reshape(batch * per)
-    expand = lambda x: jnp.broadcast_to(x[:, None], (batch, per) + x.shape[1:]).reshape(  # noqa: E731
-        (batch * per,) + x.shape[1:])
+    expand = lambda x: _repeat_rows(x, per)  # noqa: E731
     rec = self.reconstruct(expand(props_frames), expand(props_valid), expand(d2_words), expand(d2_valid),
                            gauss.reshape(batch * per, num_kept), gauss_on, train, intermediates)
     rec, ref = _split_rows(rec, batch, per, m, k, fused_ref)
@@ -742,8 +741,7 @@ class CPL(nn.Module):
     batch, k, num_kept = masks['pos'].shape
 
     def passes(gauss, gauss_on, rows):   # `rows` decoding-2 passes per sample, sample-major
-      expand = lambda x: jnp.broadcast_to(x[:, None], (batch, rows) + x.shape[1:]).reshape(  # noqa: E731
-          (batch * rows,) + x.shape[1:])
+      expand = lambda x: _repeat_rows(x, rows)  # noqa: E731
       rec = self.reconstruct(expand(props_frames), expand(props_valid), expand(d2_words), expand(d2_valid),
                              gauss.reshape(batch * rows, num_kept), gauss_on, train, False)
       return rec['logits'].reshape((batch, rows) + rec['logits'].shape[1:])      # [B, rows, Wd, V]
@@ -804,6 +802,11 @@ class CPL(nn.Module):
       inter['ref.words_dec'] = ref['words']['out']
       inter['ref.logits'] = ref['logits']
     return inter
+
+
+def _repeat_rows(x: Array, rows: int) -> Array:
+  """[B, ...] -> [B * rows, ...], each sample's row repeated `rows` times (sample-major decoding-2 rows)."""
+  return jnp.broadcast_to(x[:, None], (x.shape[0], rows) + x.shape[1:]).reshape((x.shape[0] * rows,) + x.shape[1:])
 
 
 def _split_rows(result: Dict[str, Any], batch: int, per: int, m: int, k: int, with_ref: bool):
