@@ -130,8 +130,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if tiny:
     c.model.max_epoch = 3
     c.train.update(dict(num_epochs=3, num_steps=600, eval_every=200, log_every=50))
-    # The 400-update warm-up would not end within the run; with dropout on, 600 steps on 600 queries do not
-    # separate real from shuffled queries (measured: docs/PLANTED.md, weak-MR section).
+    # The 400-update warm-up would not end within the run. Dropout off, lr 2e-3, warm-up 100 and 600 steps are the
+    # measured recipe that separates real from shuffled queries on 600 train queries; 300 steps on 300 queries
+    # did not for CPL (docs/PLANTED.md, weak-MR section).
     c.optim.update(dict(warmup_updates=100, lr=2e-3))
     c.model.update(dict(dropout=0.0, transformer_dropout=0.0))
     # Decoding 2 on all 48 clips: with downsample 4 (L' = 12) the diversity term's lambda 0.146 (tuned for
